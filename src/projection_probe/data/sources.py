@@ -1,0 +1,120 @@
+"""Registry of dataset sources: a source kind turns a config's ``source:`` dict into manifest rows.
+
+Sources register with ``@register_source("kind")``. The demo sources live in ``demo_sources``; the
+paper's datasets in the optional package ``projection_probe.data.preparers``, imported on first lookup
+so that its modules can register themselves without this module importing them eagerly.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from projection_probe.data.manifest import ManifestRow
+from projection_probe.io import InputError
+
+SourceFunction = Callable[[dict, Path, list[str]], list[ManifestRow]]
+
+_SOURCES: dict[str, SourceFunction] = {}
+
+# Modules whose import registers more kinds; a missing one is skipped (the real-dataset preparers
+# are optional).
+_PLUGIN_MODULES = ("projection_probe.data.demo_sources", "projection_probe.data.preparers")
+
+
+def register_source(kind: str) -> Callable[[SourceFunction], SourceFunction]:
+    """Decorator: register ``fn(source_cfg, out_dir, classes) -> list[ManifestRow]`` under ``kind``."""
+    def decorate(fn: SourceFunction) -> SourceFunction:
+        existing = _SOURCES.get(kind)
+        if existing is not None and existing is not fn and (
+                existing.__module__, existing.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"source kind {kind!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+        _SOURCES[kind] = fn
+        return fn
+    return decorate
+
+
+def _load_plugins() -> None:
+    for name in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a broken import inside the plugin is a real bug
+                raise
+
+
+def get_source(kind: str) -> SourceFunction:
+    """The source function registered as ``kind``; unknown kinds raise InputError listing the known ones."""
+    _load_plugins()
+    try:
+        return _SOURCES[kind]
+    except KeyError:
+        raise InputError(f"source.kind: unknown value {kind!r}; use one of {sorted(_SOURCES)}") from None
+
+
+def available_sources() -> list[str]:
+    _load_plugins()
+    return sorted(_SOURCES)
+
+
+def run_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> list[ManifestRow]:
+    """Dispatch ``source_cfg["kind"]`` and return its rows."""
+    if not isinstance(source_cfg, dict) or "kind" not in source_cfg:
+        raise InputError(f"source: {source_cfg!r} needs a 'kind' key naming one of {available_sources()}")
+    return get_source(source_cfg["kind"])(source_cfg, Path(out_dir), list(classes))
+
+
+def check_class_list(classes, where: str = "--classes-json") -> list[str]:
+    """The pinned class list must be unique non-empty strings that fit inside the prompt's quotes."""
+    if not isinstance(classes, list) or not classes:
+        raise InputError(f"{where}: expected a non-empty JSON list of class names, got {classes!r}")
+    for c in classes:
+        if not isinstance(c, str) or not c.strip():
+            raise InputError(f"{where}: class {c!r} is not a non-empty string")
+        if '"' in c or "\n" in c or c != c.strip():
+            raise InputError(f"{where}: class {c!r} contains a double quote, a newline or surrounding spaces, "
+                             f"which would corrupt the prompt or the answer; rename it in the config")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise InputError(f"{where}: class(es) {repeated} listed more than once; list each class once")
+    return list(classes)
+
+
+def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: str, on_bad_image: str,
+                    allow_train_only_classes: bool, out_dir: str | Path) -> list[ManifestRow]:
+    """Run the source, check every image, validate the rows and write ``manifest.csv``,
+    ``classes.json``, ``bad_images.txt`` and ``warnings.txt`` into ``out_dir``.
+
+    The four files are staged in a temporary folder and moved in only after everything passed,
+    ``manifest.csv`` last, and an older ``manifest.csv`` is removed first: a failed run leaves no
+    manifest, so nothing downstream mistakes a half-built dataset for a finished one.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from projection_probe.data.manifest import check_images, validate_manifest, write_manifest
+    from projection_probe.io import write_json, write_text
+
+    classes = check_class_list(classes)
+    if not isinstance(task, str) or not task.strip():
+        raise InputError(f"--task: empty for dataset {dataset!r}; give the phrase completing "
+                         f"'categories relating to ...'")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.csv"
+    manifest_path.unlink(missing_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=out_dir))
+    try:
+        rows = run_source(source_cfg, out_dir, classes)
+        rows = check_images(rows, on_bad_image, staging / "bad_images.txt")
+        warnings = validate_manifest(rows, classes, f"{manifest_path} (dataset {dataset!r}, source kind "
+                                     f"{source_cfg.get('kind')!r})", allow_train_only_classes)
+        write_json(staging / "classes.json", {"task": task, "classes": classes})
+        write_text(staging / "warnings.txt", "".join(f"{w}\n" for w in warnings))
+        write_manifest(staging / "manifest.csv", rows)
+        for name in ("classes.json", "bad_images.txt", "warnings.txt", "manifest.csv"):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows

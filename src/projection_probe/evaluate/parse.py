@@ -1,0 +1,106 @@
+"""Map a model's free-text answer onto one of the dataset's class strings, or mark it invalid.
+
+The authors read LLaVA's answers by eye (interactive CLI, no parser); the reproduction needs a fixed,
+documented rule so that every run is scored the same way. The rule is the one in
+``shared/notes/paper-details.md`` ("The parser") and is spelled out in :func:`parse_label`.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from projection_probe.io import InputError
+
+DEFAULT_EOS_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
+
+# Straight and typographic quotes, plus backticks: models wrap labels in all of them because the
+# prompt lists the classes in double quotes.
+QUOTE_CHARACTERS = "\"'`\u201c\u201d\u2018\u2019"
+
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Lowercase and collapse every whitespace run to one space (applied to outputs and classes alike,
+    so that "Tomato  leaf" and "tomato leaf" compare equal)."""
+    return _WHITESPACE_RUN.sub(" ", text).strip().lower()
+
+
+def clean_output(raw: str, eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str:
+    """Steps 1-4 of :func:`parse_label`: the normalised answer text that is matched against the classes."""
+    text = raw
+    # Everything after an end-of-sequence marker is not part of the answer.
+    for eos in eos_strings:
+        if eos:
+            text = text.split(eos, 1)[0]
+    # First line only: a `plain`-trained projector emits `label\n` and may keep going afterwards.
+    text = text.lstrip()
+    text = text.split("\n", 1)[0].split("\r", 1)[0]
+    # Strip whitespace, surrounding quotes and one trailing period, repeatedly, so that `"banded".`
+    # and `'banded.'` both reduce to `banded`.
+    previous = None
+    while text != previous:
+        previous = text
+        text = text.strip()
+        if text.endswith("."):
+            text = text[:-1]
+        text = text.strip()
+        if len(text) >= 2 and text[0] in QUOTE_CHARACTERS and text[-1] in QUOTE_CHARACTERS:
+            text = text[1:-1]
+        elif text and (text[0] in QUOTE_CHARACTERS or text[-1] in QUOTE_CHARACTERS):
+            # An unbalanced quote (e.g. the answer was cut at max_new_tokens) is still decoration.
+            text = text.strip(QUOTE_CHARACTERS)
+    return normalise_text(text)
+
+
+def class_lookup(classes: Sequence[str]) -> dict[str, str]:
+    """Normalised class string -> pinned spelling; two classes that normalise alike are an error,
+    since no answer could then tell them apart."""
+    lookup: dict[str, str] = {}
+    for c in classes:
+        if not isinstance(c, str) or not normalise_text(c):
+            raise InputError(f"classes: {c!r} is not a non-empty string; fix the class list in the config")
+        key = normalise_text(c)
+        if key in lookup:
+            raise InputError(f"classes: {lookup[key]!r} and {c!r} differ only in case or spacing; "
+                             f"rename one of them in the config")
+        lookup[key] = c
+    return lookup
+
+
+def parse_label(raw: str | None, classes: Sequence[str],
+                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str | None:
+    """Return the class that ``raw`` names, in its pinned spelling from ``classes``, or None (invalid).
+
+    Rules, in order:
+
+    1. Cut the text at the first occurrence of any string in ``eos_strings`` (``</s>``,
+       ``<|im_end|>``, ``<|endoftext|>`` by default).
+    2. Drop leading whitespace, then keep only the first line. Over-long outputs are treated the same
+       way: whatever follows the first line is ignored, however long.
+    3. Strip surrounding whitespace, surrounding quotes (straight, typographic or backticks) and a
+       trailing period, repeated until nothing changes.
+    4. Lowercase and collapse whitespace runs to single spaces (classes are normalised alike).
+    5. Empty text -> None.
+    6. Exact match: the text equals a normalised class -> that class.
+    7. Substring match: collect the classes whose normalised string occurs in the text; drop every
+       collected class that is a substring of another collected class (so "shirt" gives way to
+       "t-shirt" when the text is "t-shirt"); if exactly one class remains, return it.
+    8. Otherwise (no class occurs, or several unrelated classes occur) -> None.
+    """
+    lookup = class_lookup(classes)
+    if raw is None:
+        return None
+    text = clean_output(str(raw), eos_strings)
+    if not text:
+        return None
+    if text in lookup:
+        return lookup[text]
+    matched = [key for key in lookup if key in text]
+    # Longest first, so a class can only be absorbed by one at least as long that contains it.
+    matched.sort(key=len, reverse=True)
+    maximal = [key for i, key in enumerate(matched)
+               if not any(key in longer for longer in matched[:i] if longer != key)]
+    if len(maximal) == 1:
+        return lookup[maximal[0]]
+    return None

@@ -1,0 +1,325 @@
+"""One multimodal model facade over (vision, projector, language_model).
+
+Everything after a loader goes through this class: prompt building, the training loss, greedy
+generation, label scoring, constrained decoding and pooled features. `from_llava_hf` and
+`from_parts` (in `loaders.py`) only decide where the three parts come from, so the CPU demo runs the
+same code as LLaVA-1.5-7B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from projection_probe.io import InputError
+from projection_probe.models.templates import IMAGE_PLACEHOLDER, ConversationTemplate, get_template
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelInputs:
+    input_ids: torch.Tensor  # B×T; image positions hold `image_token_id`
+    attention_mask: torch.Tensor  # B×T
+    image_mask: torch.Tensor  # B×T bool, exactly `num_image_tokens` True per row
+    labels: torch.Tensor | None = None  # B×T, IGNORE_INDEX except on answer tokens
+
+    def to(self, device) -> "ModelInputs":
+        return ModelInputs(*(None if t is None else t.to(device) for t in
+                             (self.input_ids, self.attention_mask, self.image_mask, self.labels)))
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Left padding must not shift positions: each row counts from its first real token.
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class MultimodalLM(nn.Module):
+    def __init__(self, vision: nn.Module | None, projector: nn.Module, language_model: nn.Module | None,
+                 tokenizer=None, template: str | ConversationTemplate = "v1", image_token_id: int | None = None,
+                 image_preprocessing: str = "pad", num_image_tokens: int | None = None):
+        super().__init__()
+        self.vision = vision
+        self.projector = projector
+        self.language_model = language_model
+        self.tokenizer = tokenizer
+        self.template = get_template(template) if isinstance(template, str) else template
+        self.image_preprocessing = image_preprocessing
+        if num_image_tokens is None and vision is not None:
+            num_image_tokens = vision.num_patches
+        self.num_image_tokens = num_image_tokens
+        if image_token_id is None and tokenizer is not None:
+            # Parts-built models have no image token in their vocabulary; the id only fills the
+            # placeholder positions, which `embed` overwrites with H_v.
+            image_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.image_token_id = image_token_id
+        if vision is not None:
+            vision.requires_grad_(False)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def device(self) -> torch.device:
+        return next(self.projector.parameters()).device
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """X_v: B×N×D_v from the frozen vision tower."""
+        if self.vision is None:
+            raise RuntimeError("this facade was loaded without its vision tower")
+        with torch.no_grad():
+            return self.vision(pixel_values.to(self.device))
+
+    def project(self, x_v: torch.Tensor) -> torch.Tensor:
+        """H_v: B×N×D_lm."""
+        weight = next(self.projector.parameters())
+        return self.projector(x_v.to(device=weight.device, dtype=weight.dtype))
+
+    def pooled_features(self, x_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pre, post): X_v and H_v mean-pooled over the patch tokens. Never touches the LLM."""
+        return x_v.float().mean(dim=1), self.project(x_v).float().mean(dim=1)
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def eos_text(self) -> str:
+        return self.tokenizer.eos_token or ""
+
+    def _require_lm(self):
+        if self.language_model is None or self.tokenizer is None:
+            raise RuntimeError("this facade was loaded without its language model")
+
+    def prompt_token_ids(self, human_turn: str) -> tuple[list[int], int]:
+        """Token ids of the templated prompt and the index where the image run starts.
+
+        The text is split at `<image>`, the chunks are tokenized separately and the image run is
+        spliced in between: LLaVA's `tokenizer_image_token`."""
+        text = self.template.render_prompt(human_turn)
+        if text.count(IMAGE_PLACEHOLDER) != 1:
+            raise InputError(f"prompt must contain exactly one {IMAGE_PLACEHOLDER}: {human_turn[:80]!r}")
+        before, after = text.split(IMAGE_PLACEHOLDER)
+        ids = self.tokenizer(before, add_special_tokens=True).input_ids
+        image_start = len(ids)
+        ids = ids + [self.image_token_id] * self.num_image_tokens
+        if after:
+            ids = ids + self.tokenizer(after, add_special_tokens=False).input_ids
+        return ids, image_start
+
+    def answer_token_ids(self, answer: str) -> list[int]:
+        return self.tokenizer(self.template.render_answer(answer, self.eos_text), add_special_tokens=False).input_ids
+
+    def build_inputs(self, prompts: list[str], answers: list[str] | None = None,
+                     padding_side: str | None = None, max_length: int | None = None) -> ModelInputs:
+        """Token ids for a batch. With `answers`, the answer tokens are appended and are the only
+        positions whose labels are not IGNORE_INDEX. Padding defaults to right for training and left
+        for generation and scoring."""
+        self._require_lm()
+        padding_side = padding_side or ("right" if answers is not None else "left")
+        seqs, label_seqs, image_starts = [], [], []
+        for i, prompt in enumerate(prompts):
+            ids, image_start = self.prompt_token_ids(prompt)
+            image_starts.append(image_start)
+            labels = [IGNORE_INDEX] * len(ids)
+            if answers is not None:
+                answer_ids = self.answer_token_ids(answers[i])
+                ids = ids + answer_ids
+                labels = labels + answer_ids
+            if max_length is not None and len(ids) > max_length:
+                raise InputError(f"example {i} has {len(ids)} tokens, more than model_max_length={max_length}")
+            seqs.append(ids)
+            label_seqs.append(labels)
+        width = max(len(s) for s in seqs)
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        batch = len(seqs)
+        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        image_mask = torch.zeros((batch, width), dtype=torch.bool)
+        for row, (ids, labs) in enumerate(zip(seqs, label_seqs)):
+            n = len(ids)
+            span = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            input_ids[row, span] = torch.tensor(ids)
+            attention_mask[row, span] = 1
+            labels[row, span] = torch.tensor(labs)
+            # Image positions come from the prompt layout, not from the id, because a parts-built
+            # model's placeholder id is an ordinary vocabulary id.
+            offset = span.start + image_starts[row]
+            image_mask[row, offset:offset + self.num_image_tokens] = True
+        return ModelInputs(input_ids, attention_mask, image_mask, labels if answers is not None else None)
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, inputs: ModelInputs, h_v: torch.Tensor) -> torch.Tensor:
+        """LM input embeddings with H_v spliced in at the image positions (row-major, like
+        LLaVA's `masked_scatter`)."""
+        embeddings = self.language_model.get_input_embeddings()
+        ids = inputs.input_ids.masked_fill(inputs.image_mask, 0)
+        inputs_embeds = embeddings(ids)
+        if int(inputs.image_mask.sum()) != h_v.shape[0] * h_v.shape[1]:
+            raise ValueError(f"{int(inputs.image_mask.sum())} image positions but H_v has "
+                             f"{h_v.shape[0]}×{h_v.shape[1]} tokens")
+        mask = inputs.image_mask.unsqueeze(-1).expand_as(inputs_embeds)
+        return inputs_embeds.masked_scatter(mask, h_v.to(inputs_embeds.dtype))
+
+    def _lm_forward(self, inputs: ModelInputs, x_v: torch.Tensor, **kwargs):
+        self._require_lm()
+        inputs = inputs.to(self.device)
+        inputs_embeds = self.embed(inputs, self.project(x_v))
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask,
+                                   position_ids=position_ids_from_mask(inputs.attention_mask), **kwargs), inputs
+
+    def logits(self, inputs: ModelInputs, x_v: torch.Tensor) -> torch.Tensor:
+        out, _ = self._lm_forward(inputs, x_v)
+        return out.logits
+
+    def loss(self, inputs: ModelInputs, x_v: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over the answer tokens only."""
+        if inputs.labels is None:
+            raise ValueError("loss needs inputs built with answers")
+        out, moved = self._lm_forward(inputs, x_v, labels=inputs.labels.to(self.device))
+        return out.loss
+
+    def forward(self, input_ids, attention_mask, image_mask, x_v, labels=None):
+        """`nn.Module` entry point for the HF Trainer: returns the loss."""
+        return {"loss": self.loss(ModelInputs(input_ids, attention_mask, image_mask, labels), x_v)}
+
+    # ------------------------------------------------------------------ decoding
+    def _stop_token_ids(self) -> set[int]:
+        ids = set()
+        for tok_id in (self.tokenizer.eos_token_id,):
+            if tok_id is not None:
+                ids.add(int(tok_id))
+        gen_cfg = getattr(self.language_model, "generation_config", None)
+        eos = getattr(gen_cfg, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(int(e) for e in eos)
+        return ids
+
+    def _prefill(self, inputs: ModelInputs, x_v: torch.Tensor):
+        out, moved = self._lm_forward(inputs, x_v, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float(), out.past_key_values, moved
+
+    @torch.inference_mode()
+    def generate(self, inputs: ModelInputs, x_v: torch.Tensor, max_new_tokens: int = 16,
+                 stop_at_newline: bool = True) -> list[str]:
+        """Greedy decoding of a left-padded batch; each row stops at EOS or, optionally, at the first
+        newline. Returns the decoded new text per row (EOS not included)."""
+        tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline)
+        return [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
+
+    def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline) -> list[list[int]]:
+        logits, past, moved = self._prefill(inputs, x_v)
+        attention_mask = moved.attention_mask
+        positions = position_ids_from_mask(attention_mask)[:, -1:]
+        stop_ids = self._stop_token_ids()
+        batch = logits.shape[0]
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for step in range(max_new_tokens):
+            next_ids = logits.argmax(-1).cpu()
+            for row in range(batch):
+                if done[row]:
+                    continue
+                tok = int(next_ids[row])
+                if tok in stop_ids:
+                    done[row] = True
+                    continue
+                generated[row].append(tok)
+                if stop_at_newline and "\n" in self.tokenizer.decode(generated[row][-1:]):
+                    done[row] = True
+            if bool(done.all()) or step == max_new_tokens - 1:
+                break
+            next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
+            attention_mask = torch.cat([attention_mask, (~done).long().unsqueeze(1).to(attention_mask.device)], 1)
+            positions = positions + 1
+            out = self.language_model(input_ids=next_ids.unsqueeze(1).to(self.device), attention_mask=attention_mask,
+                                      position_ids=positions, past_key_values=past, use_cache=True)
+            logits, past = out.logits[:, -1].float(), out.past_key_values
+        return generated
+
+    @torch.inference_mode()
+    def score_labels(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str]) -> torch.Tensor:
+        """B×K summed log-probabilities of each label's answer tokens (EOS included) after the prompt.
+
+        One prefill per image; its KV cache is repeated K times and all K continuations run in a
+        single batched forward pass, instead of K full passes over the prompt.
+        """
+        candidates = [self.answer_token_ids(label) for label in labels]
+        k, width = len(candidates), max(len(c) for c in candidates)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        cont = torch.full((k, width), pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((k, width), dtype=torch.long)
+        for i, c in enumerate(candidates):
+            cont[i, :len(c)] = torch.tensor(c)
+            cont_mask[i, :len(c)] = 1
+        last_logits, past, moved = self._prefill(inputs, x_v)
+        batch = last_logits.shape[0]
+        first = F.log_softmax(last_logits, -1)[:, cont[:, 0].to(last_logits.device)]  # B×K
+        scores = first.cpu()
+        if width > 1:
+            past.batch_repeat_interleave(k)
+            prefix_mask = moved.attention_mask.repeat_interleave(k, dim=0)
+            step_ids = cont[:, :-1].repeat(batch, 1).to(self.device)  # (B·K)×(W−1), row b·K+j = label j
+            step_mask = cont_mask[:, :-1].repeat(batch, 1).to(self.device)
+            start = position_ids_from_mask(moved.attention_mask)[:, -1:].repeat_interleave(k, dim=0) + 1
+            positions = start + torch.arange(width - 1, device=self.device)
+            out = self.language_model(input_ids=step_ids, attention_mask=torch.cat([prefix_mask, step_mask], 1),
+                                      position_ids=positions, past_key_values=past, use_cache=True)
+            logp = F.log_softmax(out.logits.float(), -1)  # (B·K)×(W−1)×V
+            targets = cont[:, 1:].repeat(batch, 1).to(self.device)
+            token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            token_logp = token_logp * cont_mask[:, 1:].repeat(batch, 1).to(self.device)
+            scores = scores + token_logp.sum(-1).view(batch, k).cpu()
+        return scores
+
+    @torch.inference_mode()
+    def constrained_generate(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str]) -> list[str]:
+        """Greedy decoding restricted by a token trie to the labels' answer-token sequences, so that
+        every output is a valid label."""
+        sequences = {label: tuple(self.answer_token_ids(label)) for label in labels}
+        trie: dict[tuple[int, ...], set[int]] = {}
+        for seq in sequences.values():
+            for i in range(len(seq)):
+                trie.setdefault(seq[:i], set()).add(seq[i])
+        complete = {seq: label for label, seq in sequences.items()}
+
+        def allowed(logits, generated):
+            masked = torch.full_like(logits, float("-inf"))
+            for row, prefix in enumerate(generated):
+                nxt = None if prefix is None else trie.get(tuple(prefix))
+                if nxt:
+                    idx = torch.tensor(sorted(nxt), device=logits.device)
+                    masked[row, idx] = logits[row, idx]
+                else:  # finished rows: anything (ignored)
+                    masked[row] = logits[row]
+            return masked
+
+        # Stop tokens are part of the label sequences here, so each row ends where it completes one.
+        longest = max(len(s) for s in sequences.values())
+        return self._greedy_constrained(inputs, x_v, longest, allowed, complete)
+
+    def _greedy_constrained(self, inputs, x_v, max_steps, allowed_fn, complete) -> list[str]:
+        logits, past, moved = self._prefill(inputs, x_v)
+        attention_mask = moved.attention_mask
+        positions = position_ids_from_mask(attention_mask)[:, -1:]
+        batch = logits.shape[0]
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        result: list[str | None] = [None] * batch
+        for step in range(max_steps):
+            next_ids = allowed_fn(logits, [g if result[r] is None else None for r, g in enumerate(generated)]
+                                  ).argmax(-1).cpu()
+            for row in range(batch):
+                if result[row] is None:
+                    generated[row].append(int(next_ids[row]))
+                    result[row] = complete.get(tuple(generated[row]))
+            if all(r is not None for r in result):
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
+            positions = positions + 1
+            out = self.language_model(input_ids=next_ids.unsqueeze(1).to(self.device), attention_mask=attention_mask,
+                                      position_ids=positions, past_key_values=past, use_cache=True)
+            logits, past = out.logits[:, -1].float(), out.past_key_values
+        return [r if r is not None else "" for r in result]
