@@ -37,13 +37,18 @@ def test_nan_prediction_is_invalid():
 
 def test_f1_class_sets():
     classes = CLASSES + ["d"]  # d: no test image and never predicted
-    observed = classification_metrics(Y_TRUE, Y_PRED, classes)
+    true_only = classification_metrics(Y_TRUE, Y_PRED, classes)  # default: labels= the true classes
+    observed = classification_metrics(Y_TRUE, Y_PRED, classes, f1_classes="observed")
     every = classification_metrics(Y_TRUE, Y_PRED, classes, f1_classes="all")
+    assert true_only["macro_f1"] == pytest.approx(HAND_MACRO_F1)
     assert observed["macro_f1"] == pytest.approx(HAND_MACRO_F1)
     assert every["macro_f1"] == pytest.approx(HAND_MACRO_F1 * 3 / 4)
-    # a class that is only predicted (a false positive) stays in the average
-    fp = classification_metrics(["a", "a"], ["a", "d"], classes)
+    # a class that is only predicted (a false positive) stays in the "observed" average ...
+    fp = classification_metrics(["a", "a"], ["a", "d"], classes, f1_classes="observed")
     assert fp["macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
+    # ... but not in the default, where it only costs the true class its recall
+    fp_true = classification_metrics(["a", "a"], ["a", "d"], classes)
+    assert fp_true["macro_f1"] == pytest.approx(2 / 3)
 
 
 def test_perfect_and_all_invalid():

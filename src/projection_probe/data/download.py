@@ -133,7 +133,7 @@ def _extract_into(archive: Path, target: Path) -> None:
             raise InputError(f"{archive}: not a zip or tar archive (expected one of {list(ARCHIVE_SUFFIXES)}); "
                              f"delete it and download again")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise InputError(f"{archive}: corrupt or truncated archive ({e}); delete it and download again") from e
+        raise InputError(f"{archive}: corrupt, truncated or unsafe archive ({e}); delete it and download again") from e
 
 
 def archive_path_for(url: str, out_dir: str | Path) -> Path:

@@ -18,7 +18,7 @@ from projection_probe.io import InputError
 
 PREDICTION_COLUMNS: tuple[str, ...] = ("image_path", "label", "raw", "parsed", "valid", "mode")
 
-F1_CLASS_SETS = ("observed", "all")
+F1_CLASS_SETS = ("true", "observed", "all")
 
 _TRUE_STRINGS = {"true", "1"}
 _FALSE_STRINGS = {"false", "0"}
@@ -34,14 +34,16 @@ def is_invalid_prediction(value) -> bool:
 
 
 def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], classes: Sequence[str],
-                           f1_classes: str = "observed") -> dict:
+                           f1_classes: str = "true") -> dict:
     """Return ``{"macro_f1", "accuracy", "invalid_rate", "n"}``.
 
     - An invalid prediction (None, NaN or empty) is wrong for accuracy and is never a class for F1:
       labels are mapped to their index in ``classes`` and an invalid prediction to -1, which is not in
       the ``labels`` passed to sklearn, so it only costs the true class a false negative.
-    - ``f1_classes`` picks the classes averaged in macro-F1 (``zero_division=0`` in both cases):
-      ``"observed"`` (default): classes that occur in ``y_true`` or among the valid predictions --
+    - ``f1_classes`` picks the classes averaged in macro-F1 (``zero_division=0`` in every case):
+      ``"true"`` (default): ``labels=`` the classes present in the ground truth, in pinned order; a
+      prediction of any other class still costs its image's true class a false negative.
+      ``"observed"``: classes that occur in ``y_true`` or among the valid predictions --
       sklearn's own default label set, which the authors used, minus "invalid"; a pinned class with
       no test image that is never predicted (PlantDoc's spider-mites class) is then not averaged in as
       a free 0. ``"all"``: every class in ``classes``.
@@ -76,6 +78,8 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], 
     valid = pred_idx >= 0
     if f1_classes == "all":
         labels = list(range(len(classes)))
+    elif f1_classes == "true":
+        labels = sorted(set(true_idx.tolist()))
     else:
         labels = sorted(set(true_idx.tolist()) | set(pred_idx[valid].tolist()))
     macro_f1 = f1_score(true_idx, pred_idx, labels=labels, average="macro", zero_division=0)
@@ -120,7 +124,7 @@ def read_predictions_csv(path: str | Path):
     return frame
 
 
-def metrics_from_predictions_csv(path: str | Path, classes: Sequence[str], f1_classes: str = "observed") -> dict:
+def metrics_from_predictions_csv(path: str | Path, classes: Sequence[str], f1_classes: str = "true") -> dict:
     """:func:`classification_metrics` over one predictions CSV (see the module docstring)."""
     frame = read_predictions_csv(path)
     if len(frame) == 0:

@@ -49,6 +49,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--f1-classes", choices=("observed", "all"), default="observed",
+                   help="classes macro-F1 averages over (see evaluate.metrics); the report recomputes it anyway")
     p.add_argument("--out-predictions", required=True, help="CSV image_path,label,raw,parsed,valid,mode")
     p.add_argument("--out-json", required=True, help="metrics and training summary")
     p.set_defaults(handler=run_train_probe)
@@ -129,7 +131,7 @@ def run_train_probe(args) -> int:
     truth = [classes[i] for i in y_test.tolist()]
     frame = pd.DataFrame({"image_path": test_paths, "label": truth, "raw": predicted, "parsed": predicted,
                           "valid": True, "mode": "probe"})
-    metrics = classification_metrics(truth, predicted, classes)
+    metrics = classification_metrics(truth, predicted, classes, f1_classes=args.f1_classes)
     summary = {
         **metrics,
         "feature": args.feature, "epochs": result.epochs_run, "epochs_run": result.epochs_run,

@@ -88,9 +88,10 @@ def read_classes(path: str | Path) -> list[str]:
     return classes
 
 
-def collect_runs(entries: list[dict]) -> pd.DataFrame:
+def collect_runs(entries: list[dict], f1_classes: str = "observed") -> pd.DataFrame:
     """Metrics of every run, recomputed from its predictions CSV, as the tidy ``all_runs`` frame
-    (columns :data:`ALL_RUNS_COLUMNS`, one row per run and metric in :data:`METRICS`)."""
+    (columns :data:`ALL_RUNS_COLUMNS`, one row per run and metric in :data:`METRICS`).
+    ``f1_classes`` picks the classes macro-F1 averages over (see ``evaluate.metrics``)."""
     from projection_probe.evaluate.metrics import metrics_from_predictions_csv
 
     seen: dict[tuple, int] = {}
@@ -107,7 +108,8 @@ def collect_runs(entries: list[dict]) -> pd.DataFrame:
             raise InputError(f"{entry['predictions']}: predictions file not found (run {i}, {dict(zip(ID_COLUMNS, key))})")
         if entry["classes"] not in classes_cache:
             classes_cache[entry["classes"]] = read_classes(entry["classes"])
-        metrics = metrics_from_predictions_csv(entry["predictions"], classes_cache[entry["classes"]])
+        metrics = metrics_from_predictions_csv(entry["predictions"], classes_cache[entry["classes"]],
+                                               f1_classes=f1_classes)
         for metric in METRICS:
             rows.append({**dict(zip(ID_COLUMNS, key)), "metric": metric, "value": float(metrics[metric])})
     return pd.DataFrame(rows, columns=ALL_RUNS_COLUMNS)
