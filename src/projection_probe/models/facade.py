@@ -203,13 +203,16 @@ class MultimodalLM(nn.Module):
 
     @torch.inference_mode()
     def generate(self, inputs: ModelInputs, x_v: torch.Tensor, max_new_tokens: int = 16,
-                 stop_at_newline: bool = True) -> list[str]:
-        """Greedy decoding of a left-padded batch; each row stops at EOS or, optionally, at the first
+                 stop_at_newline: bool = True, temperature: float = 0.0,
+                 generator: torch.Generator | None = None) -> list[str]:
+        """Decoding of a left-padded batch: greedy by default, or sampling at `temperature` (the
+        authors' 0.2) with a seeded `generator`. Each row stops at EOS or, optionally, at the first
         newline. Returns the decoded new text per row (EOS not included)."""
-        tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline)
+        tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)
         return [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
 
-    def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline) -> list[list[int]]:
+    def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline, temperature: float = 0.0,
+                generator: torch.Generator | None = None) -> list[list[int]]:
         logits, past, moved = self._prefill(inputs, x_v)
         attention_mask = moved.attention_mask
         positions = position_ids_from_mask(attention_mask)[:, -1:]
@@ -219,7 +222,11 @@ class MultimodalLM(nn.Module):
         done = torch.zeros(batch, dtype=torch.bool)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for step in range(max_new_tokens):
-            next_ids = logits.argmax(-1).cpu()
+            if temperature > 0:
+                probs = torch.softmax(logits.cpu() / temperature, -1)
+                next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                next_ids = logits.argmax(-1).cpu()
             for row in range(batch):
                 if done[row]:
                     continue

@@ -139,6 +139,8 @@ def build_vision(spec: dict, dtype=torch.float32):
         mean, std = _processor_mean_std(path)
         return ClipVisionEncoder(model, spec.get("feature_layer", -2), spec.get("select_strategy", "default"),
                                  mean, std)
+    if kind == "llava_hf":
+        return load_llava_hf_vision_and_projector(spec["path"], dtype)[0]
     raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip or a llava_hf checkpoint")
 
 

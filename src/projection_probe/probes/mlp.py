@@ -209,7 +209,10 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
         raise InputError("no training rows left after the validation split")
 
     gen = torch.Generator().manual_seed(int(seed))
-    model = MLPProbe(xtr.shape[1], hidden, n_classes)
+    # nn.Linear initialises itself from the global RNG on construction; fork it so the caller's RNG
+    # state is unchanged, then draw the real initial weights from the probe's own generator.
+    with torch.random.fork_rng(devices=[]):
+        model = MLPProbe(xtr.shape[1], hidden, n_classes)
     model.reset_parameters(gen)
     if standardize:
         mean = x_fit.mean(dim=0)

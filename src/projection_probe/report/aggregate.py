@@ -94,9 +94,9 @@ def collect_runs(entries: list[dict], f1_classes: str = "observed") -> pd.DataFr
     ``f1_classes`` picks the classes macro-F1 averages over (see ``evaluate.metrics``)."""
     from projection_probe.evaluate.metrics import metrics_from_predictions_csv
 
+    # Check every description (and duplicates) before reading any file, so a bad run list fails fast.
     seen: dict[tuple, int] = {}
-    classes_cache: dict[str, list[str]] = {}
-    rows = []
+    checked = []
     for i, raw in enumerate(entries):
         entry = validate_entry(raw, f"run {i}")
         key = tuple(entry[k] for k in ID_COLUMNS)
@@ -104,6 +104,11 @@ def collect_runs(entries: list[dict], f1_classes: str = "observed") -> pd.DataFr
             raise InputError(f"run {i} ({dict(zip(ID_COLUMNS, key))}) duplicates run {seen[key]}; "
                              f"each dataset/setting/seed/method must appear once")
         seen[key] = i
+        checked.append((i, key, entry))
+
+    classes_cache: dict[str, list[str]] = {}
+    rows = []
+    for i, key, entry in checked:
         if not Path(entry["predictions"]).exists():
             raise InputError(f"{entry['predictions']}: predictions file not found (run {i}, {dict(zip(ID_COLUMNS, key))})")
         if entry["classes"] not in classes_cache:

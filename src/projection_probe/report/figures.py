@@ -28,11 +28,11 @@ def richness_points(all_runs: pd.DataFrame) -> pd.DataFrame:
     f1 = summary[summary["metric"] == "macro_f1"]
     probe = f1[f1["method"] == "probe_post"].set_index(["dataset", "setting"])
     mllm = f1[f1["method"] == "mllm"].set_index(["dataset", "setting"])
-    joined = probe[["mean", "std"]].join(mllm[["mean", "std"]], how="inner", lsuffix="_probe", rsuffix="_mllm")
-    if joined.empty:
+    out = probe[["mean", "std"]].rename(columns={"mean": "probe_mean", "std": "probe_std"}).join(
+        mllm[["mean", "std"]].rename(columns={"mean": "mllm_mean", "std": "mllm_std"}), how="inner")
+    if out.empty:
         return pd.DataFrame(columns=cols)
-    out = joined.reset_index().rename(columns={"mean_probe": "probe_mean", "std_probe": "probe_std",
-                                               "mean_mllm": "mllm_mean", "std_mllm": "mllm_std"})
+    out = out.reset_index()
     order = {d: i for i, d in enumerate(dataset_order(all_runs))}
     setting_rank = {s: i for i, s in enumerate(SETTINGS)}
     out = out.sort_values(["dataset", "setting"], key=lambda c: c.map(order) if c.name == "dataset"
@@ -87,6 +87,7 @@ def plot_richness(all_runs: pd.DataFrame, out_png: str | Path, out_pdf: str | Pa
                        for d in datasets]
     setting_handles = [Line2D([], [], linestyle="", marker=markers[s], markersize=8, color="0.5",
                               markeredgecolor="black", label=SETTING_LABELS.get(s, s)) for s in settings]
+    setting_handles.append(Line2D([], [], linestyle="--", color="0.6", label="MLLM = probe"))
     if dataset_handles:
         first = ax.legend(handles=dataset_handles, title="dataset", loc="upper left", fontsize=8, title_fontsize=8)
         ax.add_artist(first)

@@ -54,12 +54,17 @@ def fmt_f1_acc(f1_mean, f1_std, acc_mean, acc_std, digits: int = DIGITS) -> str:
     return f"{f1} ({fmt_mean_std(acc_mean, acc_std, digits)})"
 
 
+def _no_negative_zero(x: float, digits: int) -> float:
+    # A difference that rounds to zero prints as "+0.0000", not "-0.0000".
+    return 0.0 if round(x, digits) == 0 else x
+
+
 def fmt_signed(x, digits: int = DIGITS) -> str:
-    return MISSING if _isnan(x) else f"{x:+.{digits}f}"
+    return MISSING if _isnan(x) else f"{_no_negative_zero(x, digits):+.{digits}f}"
 
 
 def fmt_pct(x) -> str:
-    return MISSING if _isnan(x) else f"{x:+.2f}%"
+    return MISSING if _isnan(x) else f"{_no_negative_zero(x, 2):+.2f}%"
 
 
 def pct_change(value, reference) -> float:
@@ -299,8 +304,8 @@ def to_markdown(table: Table) -> str:
     parts = [f"### {table.title}", "", md(table.display), ""]
     for title, frame in table.sections:
         parts += [f"**{title}**", "", md(frame), ""]
-    parts += [f"_{n}_" for n in table.notes]
-    return "\n".join(parts) + "\n"
+    parts += [p for n in table.notes for p in (f"_{n}_", "")]
+    return "\n".join(parts).rstrip("\n") + "\n"
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

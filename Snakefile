@@ -1,0 +1,41 @@
+# projection-probe: "Mysterious Projections" (Verma et al. 2024) as a Snakemake workflow.
+# Run the demo:   snakemake --profile profiles/local
+# Run the paper:  snakemake --profile profiles/slurm --configfile config/paper.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/finetune.smk"
+include: "workflow/rules/classify.smk"
+include: "workflow/rules/probes.smk"
+include: "workflow/rules/baselines.smk"
+include: "workflow/rules/report.smk"
+
+
+# Cheap rules run where Snakemake runs (the login node on a cluster), never as cluster jobs.
+localrules:
+    all,
+    prepare_dataset,
+    build_prompts,
+    build_base_model,
+    random_baseline,
+    aggregate,
+    make_tables,
+    make_figure,
+
+
+rule all:
+    input:
+        expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[1, 2, 3], ext=["csv", "md", "tex"]),
+        f"{RESULTS}/figures/richness_vs_f1.png",
+        f"{RESULTS}/figures/richness_vs_f1.pdf",

@@ -1,0 +1,66 @@
+"""The MLLM classifies the test split, three ways, all batched:
+
+- `generate`: greedy (or temperature) decoding of a left-padded batch, stopped at EOS/newline, then
+  the parser;
+- `constrained`: decoding restricted to the class strings by a token trie: always a valid class;
+- `likelihood`: the class whose answer tokens have the highest summed log-probability, from one
+  prefill per image whose KV cache is reused for all K classes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from projection_probe.evaluate.parse import parse_label
+from projection_probe.io import InputError
+
+log = logging.getLogger(__name__)
+
+MODES = ("generate", "constrained", "likelihood")
+
+
+def classify_records(facade, records: list[dict], cache, classes: list[str], mode: str = "generate",
+                     batch_size: int = 16, max_new_tokens: int = 16, stop_at_newline: bool = True,
+                     temperature: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    if mode not in MODES:
+        raise InputError(f"classify.mode: unknown value {mode!r}; use one of {MODES}")
+    generator = torch.Generator().manual_seed(seed)
+    eos_strings = tuple(s for s in (facade.tokenizer.eos_token, "</s>", "<|im_end|>", "<|endoftext|>") if s)
+    rows = []
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(records), batch_size), desc=f"classify ({mode})", unit="batch"):
+        batch = records[start:start + batch_size]
+        prompts = [r["conversations"][0]["value"] for r in batch]
+        x_v = cache.select([r["image"] for r in batch]).float()
+        inputs = facade.build_inputs(prompts)
+        if mode == "generate":
+            raws = facade.generate(inputs, x_v, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
+                                   temperature=temperature, generator=generator)
+            parsed = [parse_label(raw, classes, eos_strings) for raw in raws]
+        elif mode == "constrained":
+            raws = facade.constrained_generate(inputs, x_v, classes)
+            parsed = [raw or None for raw in raws]
+        else:
+            scores = facade.score_labels(inputs, x_v, classes)
+            raws = [classes[int(i)] for i in scores.argmax(-1)]
+            parsed = raws
+        for record, raw, label in zip(batch, raws, parsed):
+            rows.append({"image_path": record["image"], "label": record["label"], "raw": raw,
+                         "parsed": label or "", "valid": label is not None and label != "", "mode": mode})
+    elapsed = time.perf_counter() - started
+    log.info("classified %d images in %.1f s (%.2f images/s, mode %s)", len(records), elapsed,
+             len(records) / max(elapsed, 1e-9), mode)
+    return pd.DataFrame(rows, columns=["image_path", "label", "raw", "parsed", "valid", "mode"])
+
+
+def test_records(prompts_path, split: str = "test") -> list[dict]:
+    from projection_probe.io import read_jsonl
+
+    records = [r for r in read_jsonl(prompts_path) if r.get("split") == split]
+    if not records:
+        raise InputError(f"{prompts_path}: no {split} records; check the dataset's manifest")
+    return records

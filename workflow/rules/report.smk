@@ -1,0 +1,61 @@
+# all_runs.csv is recomputed from every per-image predictions file; tables and the figure come from it.
+
+
+rule aggregate:
+    input:
+        [run["predictions"] for run in all_runs()],
+        classes=expand(f"{RESULTS}/data/{{dataset}}/classes.json", dataset=DATASETS),
+    output:
+        f"{RESULTS}/metrics/all_runs.csv",
+    params:
+        runs=as_json(all_runs()),
+        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
+    log:
+        log_path("aggregate", "all"),
+    shell:
+        "projection-probe aggregate --runs {params.runs} --f1-classes {params.f1_classes}"
+        " --out {output} > {log} 2>&1"
+
+
+def paper_args():
+    paper_map = config.get("report", {}).get("paper_map", {})
+    if not paper_map:
+        return ""
+    return f"--paper-results resources/paper_results.csv --paper-map {as_json(paper_map)}"
+
+
+rule make_tables:
+    input:
+        rules.aggregate.output,
+    output:
+        report(
+            expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[1], ext=["csv", "md", "tex"]),
+            caption="../report/table1.rst", category="Tables", labels={"table": "1: classification"}),
+        report(
+            expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[2], ext=["csv", "md", "tex"]),
+            caption="../report/table2.rst", category="Tables", labels={"table": "2: post-projection richness"}),
+        report(
+            expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[3], ext=["csv", "md", "tex"]),
+            caption="../report/table3.rst", category="Tables", labels={"table": "3: image-only MLP"}),
+    params:
+        encoder=shlex.quote(config.get("report", {}).get("encoder_name", "CLIP")),
+        mllm=shlex.quote(config.get("report", {}).get("mllm_name", "LLaVA-1.5")),
+        paper=paper_args(),
+    log:
+        log_path("make_tables", "all"),
+    shell:
+        "projection-probe make-tables --all-runs {input} --out-dir {RESULTS}/tables --encoder-name {params.encoder}"
+        " --mllm-name {params.mllm} {params.paper} > {log} 2>&1"
+
+
+rule make_figure:
+    input:
+        rules.aggregate.output,
+    output:
+        png=report(f"{RESULTS}/figures/richness_vs_f1.png", caption="../report/figure_richness.rst",
+                   category="Figures"),
+        pdf=f"{RESULTS}/figures/richness_vs_f1.pdf",
+    log:
+        log_path("make_figure", "all"),
+    shell:
+        "projection-probe make-figure --all-runs {input} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
