@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-configfile: "config/config.yaml"
+# The demo config is the default only: a --configfile replaces it rather than being merged into it,
+# so that config/paper.yaml does not inherit the demo's datasets.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -215,18 +215,22 @@ log "MariaDB up (pid $(<"$RUN/mariadbd.pid"), 127.0.0.1:$DB_PORT)"
 
 # ---------------------------------------------------------------- slurmdbd + accounting
 fail_log=$LOGDIR/slurmdbd.log
+# sacctmgr prompts (and, on EOF, loops forever) for some queries: always -i, no stdin, a timeout.
+sam() { timeout 30 sacctmgr -i "$@" </dev/null; }
 slurmdbd
-wait_for "slurmdbd" sacctmgr -n list cluster
+wait_for "slurmdbd" sam -n list cluster
 wait_for "slurmdbd pid file" test -s "$RUN/slurmdbd.pid"
-if [[ -z $(sacctmgr -n -P list cluster format=cluster where cluster=localcluster) ]]; then
-  sacctmgr -i add cluster localcluster >/dev/null
+if ! sam -n -P list cluster format=cluster | grep -x localcluster >/dev/null; then
+  sam add cluster localcluster >/dev/null
 fi
-if [[ -z $(sacctmgr -n -P list account format=account where account=ml) ]]; then
-  sacctmgr -i add account ml Cluster=localcluster Description="CI account" Organization=ci >/dev/null
+if ! sam -n -P list account format=account | grep -x ml >/dev/null; then
+  sam add account ml Cluster=localcluster Description="CI account" Organization=ci >/dev/null
 fi
-if [[ -z $(sacctmgr -n -P list user format=user where user=root account=ml) ]]; then
-  sacctmgr -i add user root Account=ml DefaultAccount=ml Cluster=localcluster >/dev/null
+if ! sam -n -P list assoc format=cluster,account,user | grep -x 'localcluster|ml|root' >/dev/null; then
+  sam add user root Account=ml DefaultAccount=ml Cluster=localcluster >/dev/null
 fi
+sam -n -P list assoc format=cluster,account,user | grep -x 'localcluster|ml|root' >/dev/null \
+  || { echo "start.sh: error: association root/ml missing after sacctmgr add user" >&2; false; }
 log "slurmdbd up (pid $(<"$RUN/slurmdbd.pid")), cluster localcluster, account ml"
 
 # ---------------------------------------------------------------- slurmctld + slurmd

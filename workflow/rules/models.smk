@@ -36,6 +36,7 @@ else:
         input:
             llm=llm_dir(),
             caches=[vision_cache(d) for d in config.get("align", {}).get("datasets", DATASETS)],
+            manifests=[data_file(d, "manifest.csv") for d in config.get("align", {}).get("datasets", DATASETS)],
         output:
             f"{RESULTS}/models/base/facade.json",
         params:
@@ -43,17 +44,15 @@ else:
             projector=MODEL.get("projector", "mlp2x_gelu"),
             align=config.get("align", {}),
             template=MODEL.get("template", "v1"),
-            preprocessing=MODEL.get("image_preprocessing", "pad"),
             seed=SEEDS[0],
         threads: THREADS
         log:
             log_path("align_projector", "base"),
         shell:
             "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm}"
-            " --projector {params.projector} --vision-caches {input.caches}"
-            " --caption-source {params.align[caption_source]} --align-template {params.align[template]}"
+            " --projector {params.projector} --vision-caches {input.caches} --manifests {input.manifests}"
+            " --caption-source {params.align[caption_source]} --template {params.align[template]}"
             " --lr {params.align[lr]} --epochs {params.align[epochs]}"
             " --effective-batch {params.align[effective_batch]} --per-device-batch {params.align[per_device_batch]}"
             " --max-examples {params.align[max_examples]} --seed {params.seed}"
-            " --template {params.template} --image-preprocessing {params.preprocessing}"
-            " --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"
+            " --output-template {params.template} --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"

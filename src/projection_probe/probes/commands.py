@@ -10,9 +10,10 @@ from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
 
-# Which tensor of a features file each probe kind reads: `post` = pooled H_v (Table 2),
-# `pre` = pooled vision features X_v (Table 3, the image-only MLP).
-FEATURE_KEYS = ("post", "pre")
+# Which tensor of a features file a probe reads: `post` = mean-pooled H_v (Table 2); `pre` = mean of
+# the vision patch features X_v (Table 3, the image-only MLP, default); `pooled` = the encoder's own
+# pooled vector (CLIP's pooler output), the alternative pre-projection vector for Table 3.
+FEATURE_KEYS = ("post", "pre", "pooled")
 
 
 def _hidden_sizes(text: str) -> list[int]:
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--test", required=True, help="test-split features .safetensors")
     p.add_argument("--classes", required=True, help="classes.json ({'task', 'classes'})")
     p.add_argument("--feature", required=True, choices=FEATURE_KEYS,
-                   help="post = pooled post-projection H_v; pre = pooled vision features (image-only MLP)")
+                   help="post = mean-pooled post-projection H_v; pre = mean-pooled vision patch features; "
+                        "pooled = the encoder's pooled vector (both image-only MLP inputs)")
     p.add_argument("--hidden", type=_hidden_sizes, default=[2048, 1536, 1024, 512, 256],
                    help="hidden layer sizes, comma-separated (default: the paper's post-projection MLP)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -49,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--f1-classes", choices=("observed", "all"), default="observed",
+    p.add_argument("--f1-classes", choices=("true", "observed", "all"), default="true",
                    help="classes macro-F1 averages over (see evaluate.metrics); the report recomputes it anyway")
     p.add_argument("--out-predictions", required=True, help="CSV image_path,label,raw,parsed,valid,mode")
     p.add_argument("--out-json", required=True, help="metrics and training summary")

@@ -221,17 +221,19 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         model.set_standardization(mean, scale)
     model.to(device)
+    # Move the (pooled, small) fit and validation rows once, not per batch.
+    x_fit, y_fit, x_val, y_val = (t.to(device) for t in (x_fit, y_fit, x_val, y_val))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     history: list[dict] = []
     best_loss, best_epoch, best_state, bad_epochs = math.inf, 0, None, 0
     for epoch in range(1, max_epochs + 1):
         model.train()
-        order = torch.randperm(x_fit.shape[0], generator=gen)
+        order = torch.randperm(x_fit.shape[0], generator=gen).to(device)
         running = 0.0
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            xb, yb = x_fit[rows].to(device), y_fit[rows].to(device)
+            xb, yb = x_fit[rows], y_fit[rows]
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(xb), yb)
             loss.backward()

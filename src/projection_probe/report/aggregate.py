@@ -27,6 +27,9 @@ from projection_probe.io import InputError, read_json
 
 METHODS = ("random", "encoder_zero_shot", "mllm", "probe_post", "probe_image_only")
 METHODS_WITHOUT_SETTING = ("random", "encoder_zero_shot", "probe_image_only")
+# The MLLM in a classification mode other than the study's primary one (e.g. "mllm-likelihood"),
+# shown beside the primary mode in Table 1.
+EXTRA_MODE_METHODS = ("mllm-generate", "mllm-constrained", "mllm-likelihood")
 NO_SETTING = "-"
 # The paper's settings, in the order the tables show them; other setting names are allowed and
 # shown after these.
@@ -56,8 +59,8 @@ def validate_entry(entry, where: str) -> dict:
 
 def _check_id_fields(row: dict, where: str) -> None:
     method, setting = row["method"], row["setting"]
-    if method not in METHODS:
-        raise InputError(f"{where}: method {method!r} unknown; use one of {list(METHODS)}")
+    if method not in METHODS and method not in EXTRA_MODE_METHODS:
+        raise InputError(f"{where}: method {method!r} unknown; use one of {list(METHODS + EXTRA_MODE_METHODS)}")
     if not isinstance(row["dataset"], str) or not _NAME.match(row["dataset"]):
         raise InputError(f"{where}: dataset {row['dataset']!r} must be a plain name (letters, digits, _.+-)")
     if method in METHODS_WITHOUT_SETTING:
@@ -88,7 +91,7 @@ def read_classes(path: str | Path) -> list[str]:
     return classes
 
 
-def collect_runs(entries: list[dict], f1_classes: str = "observed") -> pd.DataFrame:
+def collect_runs(entries: list[dict], f1_classes: str = "true") -> pd.DataFrame:
     """Metrics of every run, recomputed from its predictions CSV, as the tidy ``all_runs`` frame
     (columns :data:`ALL_RUNS_COLUMNS`, one row per run and metric in :data:`METRICS`).
     ``f1_classes`` picks the classes macro-F1 averages over (see ``evaluate.metrics``)."""

