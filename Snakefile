@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/features.smk"
@@ -31,7 +32,6 @@ localrules:
     all,
     prepare_dataset,
     build_prompts,
-    build_base_model,
     random_baseline,
     aggregate,
     make_tables,

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "projection_probe.probes.commands",
     "projection_probe.baselines.commands",
     "projection_probe.report.commands",
+    "projection_probe.analysis.commands",
 ]
 
 

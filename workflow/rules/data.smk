@@ -2,6 +2,8 @@
 
 
 rule prepare_dataset:
+    input:
+        downloaded_root,
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",

@@ -28,7 +28,9 @@ rule finetune:
         bf16=lambda wc: "--bf16" if finetune_params(wc.setting)["bf16"] else "--no-bf16",
         checkpointing=lambda wc: ("--gradient-checkpointing" if finetune_params(wc.setting)["gradient_checkpointing"]
                                   else "--no-gradient-checkpointing"),
-        device=MODEL.get("device", "cpu"),
+        template=lambda wc: finetune_params(wc.setting).get("template", MODEL.get("template", "v1")),
+        model_dtype=MODEL.get("dtype", "float32") if MODEL.get("dtype") != "float16" else "bfloat16",
+        workers=config.get("features", {}).get("num_workers", 0),
     threads: THREADS
     log:
         log_path("finetune", "{dataset}", "{setting}", "seed{seed}"),
@@ -41,5 +43,6 @@ rule finetune:
         " --max-grad-norm {params.hp[max_grad_norm]} --seed {wildcards.seed} {params.bf16} {params.checkpointing}"
         " --checkpoint-every-steps {params.hp[checkpoint_every_steps]} --max-examples {params.max_examples}"
         " --lora-r {params.hp[lora_r]} --lora-alpha {params.hp[lora_alpha]} --lora-dropout {params.hp[lora_dropout]}"
-        " --projector-lr {params.hp[projector_lr]} --optim {params.hp[optim]} --threads {threads}"
+        " --projector-lr {params.hp[projector_lr]} --optim {params.hp[optim]} --template {params.template}"
+        " --model-dtype {params.model_dtype} --num-workers {params.workers} --threads {threads}"
         " --out-dir $(dirname {output}) > {log} 2>&1"

@@ -17,6 +17,9 @@ rule convert_llm:
 
 if MODEL["loader"] == "llava_hf":
 
+    localrules:
+        build_base_model,
+
     rule build_base_model:
         output:
             f"{RESULTS}/models/base/facade.json",

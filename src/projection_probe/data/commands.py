@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from projection_probe.data.download import register_download_commands
+
+    register_download_commands(subparsers)
     p = subparsers.add_parser(
         "prepare-dataset",
         help="build manifest.csv, classes.json, bad_images.txt and warnings.txt for one dataset")

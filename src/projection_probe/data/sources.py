@@ -97,6 +97,15 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     from projection_probe.io import write_json, write_text
 
     classes = check_class_list(classes)
+    root = source_cfg.get("root") if isinstance(source_cfg, dict) else None
+    if root is not None and not Path(root).exists():
+        # A missing download is the commonest first-run error: say where the files come from.
+        from projection_probe.data.download import DATASETS as DOWNLOADABLE, manual_download_message
+
+        if source_cfg.get("kind") in DOWNLOADABLE:
+            raise InputError(f"datasets.{dataset}.source.root = {root}: folder not found.\n"
+                             + manual_download_message(source_cfg["kind"], root))
+        raise InputError(f"datasets.{dataset}.source.root = {root}: folder not found")
     if not isinstance(task, str) or not task.strip():
         raise InputError(f"--task: empty for dataset {dataset!r}; give the phrase completing "
                          f"'categories relating to ...'")

@@ -16,7 +16,7 @@ def _set_threads(n: int) -> None:
 def run_extract_vision(args) -> None:
     from projection_probe.data.manifest import read_manifest
     from projection_probe.features.cache import build_vision_cache
-    from projection_probe.models.loaders import build_vision
+    from projection_probe.models.loaders import build_vision, resolve_device
 
     _set_threads(args.threads)
     try:
@@ -26,7 +26,7 @@ def run_extract_vision(args) -> None:
     vision = build_vision(spec)
     paths = [r.image_path for r in read_manifest(args.manifest)]
     build_vision_cache(vision, paths, args.out, args.image_preprocessing, batch_size=args.batch_size,
-                       num_workers=args.num_workers, device=args.device)
+                       num_workers=args.num_workers, device=resolve_device(args.device))
 
 
 def run_extract_features(args) -> None:

@@ -28,6 +28,13 @@ LLAVA_VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
 LLAVA_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
 
 
+def resolve_device(device: str) -> str:
+    """`auto` means the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 # ---------------------------------------------------------------------------- llava-hf
 def from_llava_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
                   template: str = "v1", image_preprocessing: str = "pad",
@@ -197,6 +204,7 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
                 with_language_model: bool = True, trust_remote_code: bool = False) -> MultimodalLM:
     """Rebuild the facade of a workflow model folder. With `with_language_model=False` only the
     vision tower and projector are loaded (feature extraction never reads LLM weights)."""
+    device = resolve_device(device)
     spec = resolve_spec(model_dir)
     llava_path = spec.get("llava_hf")
     template = spec.get("template", "v1")

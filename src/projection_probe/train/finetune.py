@@ -396,8 +396,8 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
             spec = {"format_version": 1, "base": os.path.relpath(base_model_dir, out_dir), "setting": setting}
             spec.update(write_trained_parts(unwrapped, state, setting, tmp,
                                             lm_dtype=torch.bfloat16 if bf16 else None))
-            if template:
-                spec["template"] = template
+            # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
+            # evaluation keeps the base's conversation template, as the authors' cli.py did.
             spec["training"] = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
             spec["training"].update(lr=lr, effective_batch=effective_batch, seed=seed, epochs=epochs)
             write_json(tmp / FACADE_FILE, spec)

@@ -1,0 +1,172 @@
+"""The real workflow on the micro config (tiny random models, a few real images) in a temp dir.
+
+One full run is shared by the tests of this module: outputs, every table value recomputed from the
+per-image predictions, and what a rerun does after each kind of config edit (`snakemake -n`).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import f1_score
+
+from projection_probe.testing.micro import make_micro_workdir, snakemake_command
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd=None):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    workdir = make_micro_workdir(tmp_path_factory.mktemp("micro_e2e"))
+    done = run(snakemake_command(workdir))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = run(snakemake_command(workdir, "--report", str(workdir / "results" / "report.html")))
+    assert report.returncode == 0, report.stderr[-3000:]
+    return workdir
+
+
+def test_tables_figure_report_and_logs_are_written(micro_run):
+    results = micro_run / "results"
+    for n in (1, 2, 3):
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"table{n}.{ext}").stat().st_size > 0
+    assert (results / "figures" / "richness_vs_f1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (results / "figures" / "richness_vs_f1.pdf").read_bytes()[:4] == b"%PDF"
+    html = (results / "report.html").read_text(errors="replace")
+    assert "table1" in html and "richness_vs_f1" in html
+    # One log file per job.
+    assert len(list((results / "logs" / "finetune").glob("*.log"))) == 2 * 3 * 2
+    assert len(list((results / "logs" / "classify").glob("*.log"))) == 2 * 4 * 3 * 2
+
+
+def independent_metrics(path: Path) -> tuple[float, float]:
+    """Macro-F1 over the classes present in the ground truth (`metrics.f1_classes: "true"`), with an
+    invalid output never a class, and accuracy, straight from sklearn."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    truth = frame["label"].tolist()
+    predicted = [p if v == "True" else "<invalid>" for p, v in zip(frame["parsed"], frame["valid"])]
+    labels = sorted(set(truth))
+    f1 = f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)
+    return float(f1), float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+
+def mean_std(values):
+    values = np.asarray(values, dtype=float)
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0)
+
+
+def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run):
+    results = micro_run / "results"
+    table1 = pd.read_csv(results / "tables" / "table1.csv")
+    table2 = pd.read_csv(results / "tables" / "table2.csv")
+    table3 = pd.read_csv(results / "tables" / "table3.csv")
+    seeds = [0, 1]
+
+    def files(pattern):
+        return [results / pattern.format(seed=s) for s in seeds]
+
+    checked = 0
+    for _, row in table1.iterrows():
+        d, method, setting = row["dataset"], row["method"], row["setting"]
+        if method == "random":
+            paths = files(f"baselines/{d}/random/seed{{seed}}.csv")
+        elif method == "encoder_zero_shot":
+            paths = [results / f"baselines/{d}/encoder_zero_shot.csv"] * 2
+        else:
+            mode = "generate" if method == "mllm" else method.split("-", 1)[1]
+            paths = files(f"predictions/{d}/{setting}/{mode}/seed{{seed}}.csv")
+        f1s, accs = zip(*(independent_metrics(p) for p in paths))
+        assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
+        assert row["macro_f1_std"] == pytest.approx(mean_std(f1s)[1], abs=1e-9)
+        assert row["accuracy_mean"] == pytest.approx(mean_std(accs)[0], abs=1e-9)
+        checked += 1
+    for _, row in table2.iterrows():
+        d, setting = row["dataset"], row["setting"]
+        probe = [independent_metrics(p)[0] for p in files(f"probes/{d}/post/{setting}/seed{{seed}}.csv")]
+        mllm = [independent_metrics(p)[0] for p in files(f"predictions/{d}/{setting}/generate/seed{{seed}}.csv")]
+        original = [independent_metrics(p)[0] for p in files(f"probes/{d}/post/original/seed{{seed}}.csv")]
+        assert row["probe_macro_f1_mean"] == pytest.approx(mean_std(probe)[0], abs=1e-9)
+        assert row["mllm_macro_f1_mean"] == pytest.approx(mean_std(mllm)[0], abs=1e-9)
+        expected_change = (np.mean(probe) - np.mean(original)) / np.mean(original) * 100
+        assert row["pct_change_vs_original"] == pytest.approx(expected_change, abs=1e-6)
+        checked += 1
+    for _, row in table3.iterrows():
+        f1s, accs = zip(*(independent_metrics(p) for p in files(f"probes/{row['dataset']}/image_only/seed{{seed}}.csv")))
+        assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
+        assert row["accuracy_mean"] == pytest.approx(mean_std(accs)[0], abs=1e-9)
+        checked += 1
+    # Table 1: random, zero-shot, 4 settings × 3 modes per dataset; Table 2: 4 settings; Table 3: 1.
+    assert checked == 2 * (2 + 4 * 3) + 2 * 4 + 2
+
+
+def dry_run_jobs(workdir: Path, config: dict) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job `snakemake -n` would run with `config`."""
+    (workdir / "edited.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = snakemake_command(workdir, "-n")
+    cmd[cmd.index("--configfile") + 1] = str(workdir / "edited.yaml")
+    out = run(cmd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs, current = [], None
+    for line in out.stdout.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):", line)
+        if m:
+            current = (m.group(1), {})
+            jobs.append(current)
+        m = re.match(r"^\s+wildcards: (.*)$", line)
+        if m and current is not None:
+            current[1].update(dict(kv.split("=", 1) for kv in m.group(1).split(", ")))
+    return jobs
+
+
+def base_config(workdir):
+    return yaml.safe_load((workdir / "micro.yaml").read_text())
+
+
+DOWNSTREAM_OF_ALL = {"aggregate", "make_tables", "make_figure", "all"}
+
+
+def test_rerun_right_away_does_nothing(micro_run):
+    out = run(snakemake_command(micro_run, "-n"))
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_changing_one_learning_rate_reruns_only_that_setting(micro_run):
+    config = base_config(micro_run)
+    config["settings"]["ft-proj"]["lr"] = 5.0e-4
+    jobs = dry_run_jobs(micro_run, config)
+    rules = {rule for rule, _ in jobs}
+    assert rules == {"finetune", "classify", "extract_features", "train_probe_post"} | DOWNSTREAM_OF_ALL
+    assert all(w["setting"] == "ft-proj" for rule, w in jobs if rule not in DOWNSTREAM_OF_ALL)
+    assert sum(rule == "finetune" for rule, _ in jobs) == 2 * 2  # datasets × seeds
+
+
+def test_changing_a_probe_hyperparameter_reruns_only_probes_and_aggregation(micro_run):
+    config = base_config(micro_run)
+    config["probes"]["post"]["patience"] = 4
+    rules = {rule for rule, _ in dry_run_jobs(micro_run, config)}
+    assert rules == {"train_probe_post"} | DOWNSTREAM_OF_ALL
+
+
+def test_adding_a_seed_runs_only_the_new_seeds_jobs(micro_run):
+    config = base_config(micro_run)
+    config["seeds"] = [0, 1, 2]
+    jobs = dry_run_jobs(micro_run, config)
+    assert jobs and all(w.get("seed") == "2" for rule, w in jobs if rule not in DOWNSTREAM_OF_ALL)
+
+
+def test_adding_a_dataset_runs_only_its_jobs(micro_run):
+    config = base_config(micro_run)
+    extra = dict(config["datasets"]["digits"])
+    extra["source"] = dict(extra["source"], train_per_class=5)
+    config["datasets"]["digits5"] = extra
+    jobs = dry_run_jobs(micro_run, config)
+    assert jobs and all(w.get("dataset") == "digits5" for rule, w in jobs if rule not in DOWNSTREAM_OF_ALL)
