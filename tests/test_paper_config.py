@@ -149,6 +149,8 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "train_probe_image_only": d * s, "random_baseline": d * s, "encoder_zero_shot": d,
         "aggregate": 1, "make_tables": 1, "make_figure": 1, "all": 1,
     }
+    # One download rule per dataset with a public URL (DTD, PlantDoc); the others need a login.
+    counts.update({f"download_{name}": 1 for name, entry in config["datasets"].items() if "download" in entry})
     counts["total"] = sum(counts.values())
     return counts
 
@@ -163,8 +165,9 @@ def test_dry_run_lists_the_full_sweep():
     print(f"snakemake -n --configfile config/paper.yaml: {elapsed:.2f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     stats = job_stats(done.stdout + done.stderr)
-    # 4 datasets x 5 seeds x (original, ft-proj, ft-e2e, ft-lora), 3 of them fine-tuned: 377 jobs.
-    assert expected_jobs(config)["total"] == 377
+    # 4 datasets x 5 seeds x (original, ft-proj, ft-e2e, ft-lora), 3 of them fine-tuned, and 2
+    # downloads: 379 jobs.
+    assert expected_jobs(config)["total"] == 379
     assert stats == expected_jobs(config)
 
 
@@ -184,6 +187,8 @@ def e2e_config(tmp: Path) -> dict:
         # hold 3-4 of the real classes.
         entry["source"] = {**entry["source"], **fixture_source}
         entry["classes"] = classes
+        # No network in tests: without a `download` block no download rule exists for the fixture root.
+        entry.pop("download", None)
     make_tiny_llava(tmp / "models" / "tiny-llava")
     make_tiny_clip(tmp / "models" / "tiny-clip")
     config["seeds"] = [0]

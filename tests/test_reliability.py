@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
 
-# Each test runs CLIs that load models and a Snakemake DAG: tens of seconds, so kept out of the
-# quick `-m "not slow"` selection.
-pytestmark = pytest.mark.slow
+# Tests that run CLIs on models or a Snakemake DAG take tens of seconds each: they are marked slow
+# and kept out of the quick `-m "not slow"` selection.
 
 CLI = [sys.executable, "-m", "projection_probe.cli"]
 BASE = "results/models/base"
@@ -100,19 +100,29 @@ def run_to_end(cmd: list[str], cwd: Path) -> str:
 
 
 def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    # trainer_state.json is written last into a checkpoint: see train.finetune.last_complete_checkpoint.
-    return sorted(checkpoint_dir.glob("checkpoint-*/trainer_state.json"))
+    """trainer_state.json of each checkpoint that has a whole one (it is written last). Parsed, not
+    just seen: the file exists from the moment it is opened, and a kill before its bytes land would
+    be the race that test_half_written_trainer_state_is_not_resumed_from is about, not this test's."""
+    found = []
+    for state in sorted(checkpoint_dir.glob("checkpoint-*/trainer_state.json")):
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append(state)
+    return found
 
 
-def no_final_output(path: Path) -> None:
-    """The final path is absent; a leftover may only be a dot-prefixed temp sibling, which no rule
-    names as an output."""
+def no_final_output(path: Path, allowed: tuple[str, ...] = ()) -> None:
+    """The final path is absent, and so is any look-alike beside it (`seed0.csv.part`); leftovers may
+    only be dot-prefixed temp siblings, which no rule names as an output, or the `allowed` names."""
     assert not path.exists(), f"{path} exists after a kill: a partial output could be taken as complete"
-    strays = [p.name for p in path.parent.glob(path.name + "*")] if path.parent.exists() else []
+    strays = [p.name for p in path.parent.glob(path.name + "*") if p.name not in allowed]
     assert strays == [], strays
 
 
 # ---------------------------------------------------------------------------- the CLIs
+@pytest.mark.slow
 def test_kill9_during_finetune_then_rerun_resumes_from_the_checkpoint(workdir, tmp_path):
     out = tmp_path / "ft-proj"
     checkpoints = Path(str(out) + ".work") / "checkpoints"
@@ -124,7 +134,7 @@ def test_kill9_during_finetune_then_rerun_resumes_from_the_checkpoint(workdir, t
     proc = start(cmd, workdir, log)
     kill9_when(proc, lambda: bool(complete_checkpoints(checkpoints)), log, "a complete checkpoint")
 
-    no_final_output(out)
+    no_final_output(out, allowed=(out.name + ".work",))  # the checkpoints, resumed below
     survivors = complete_checkpoints(checkpoints)
     assert survivors, "the complete checkpoint seen before the kill is gone"
     last = survivors[-1].parent.name
@@ -135,12 +145,14 @@ def test_kill9_during_finetune_then_rerun_resumes_from_the_checkpoint(workdir, t
     assert train_log["resumed_from"] == last
     # 60 train images × 3 epochs at one image per step: the resumed run ends where a fresh one would.
     assert train_log["optimizer_steps"] == 180
-    # Only the steps after the checkpoint were trained again.
-    assert train_log["steps"][0]["step"] == int(last.split("-")[1]) + 1
+    # The log history comes back from the checkpoint: every step is logged exactly once, so the steps
+    # run after the checkpoint but lost with the kill were redone, not counted twice.
+    assert [s["step"] for s in train_log["steps"]] == list(range(1, 181))
     assert json.loads((out / "facade.json").read_text())["setting"] == "ft-proj"
     assert not checkpoints.parent.exists(), "the checkpoints outlived the published model"
 
 
+@pytest.mark.slow
 def test_kill9_during_classify_leaves_no_csv_and_rerun_completes(workdir, tmp_path):
     # Every record relabelled as test: 90 images at batch size 1 keep the loop busy for seconds.
     records = [json.loads(line) for line in (workdir / PROMPTS).read_text().splitlines()]
@@ -157,10 +169,13 @@ def test_kill9_during_classify_leaves_no_csv_and_rerun_completes(workdir, tmp_pa
     no_final_output(out)
 
     run_to_end(cmd, workdir)
-    lines = out.read_text().splitlines()
-    assert lines[0] == "image_path,label,raw,parsed,valid,mode" and len(lines) == 1 + len(records)
+    # pandas, not splitlines: a random model's raw output may hold line-separator characters (quoted).
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["image_path", "label", "raw", "parsed", "valid", "mode"]
+    assert frame["image_path"].tolist() == [r["image"] for r in records]
 
 
+@pytest.mark.slow
 def test_kill9_during_vision_feature_extraction_leaves_no_cache_and_rerun_completes(workdir, tmp_path):
     # 600 distinct small images: enough for the batch-size-1 loop to run for seconds.
     rng = np.random.default_rng(0)
@@ -224,6 +239,7 @@ def dry_run_jobs(workdir: Path, target: str, *extra: str) -> subprocess.Complete
     return subprocess.run(snakemake_command(workdir, "-n", *extra, target), capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_kill9_of_snakemake_marks_the_job_incomplete_and_the_local_profile_reruns_it(workdir):
     target = "results/models/digits/ft-proj/seed0/facade.json"
     checkpoints = workdir / "results/models/digits/ft-proj/seed0.work/checkpoints"
@@ -257,3 +273,20 @@ def test_kill9_of_snakemake_marks_the_job_incomplete_and_the_local_profile_rerun
     assert facade["setting"] == "ft-proj"
     train_log = json.loads((workdir / target).with_name("train_log.json").read_text())
     assert train_log["resumed_from"] is not None and train_log["optimizer_steps"] == 180
+
+
+# ---------------------------------------------------------------------------- checkpoint scan
+@pytest.mark.xfail(strict=True, reason="last_complete_checkpoint trusts a trainer_state.json that merely exists; "
+                   "transformers writes it in place (open, then write), so a kill in between leaves it empty")
+def test_half_written_trainer_state_is_not_resumed_from(tmp_path):
+    """A kill while transformers writes trainer_state.json (the completeness marker) leaves it empty;
+    resuming from that checkpoint would crash on every rerun, so the scan must fall back to the
+    previous one."""
+    from projection_probe.train.finetune import last_complete_checkpoint
+
+    for step, state in ((20, json.dumps({"global_step": 20})), (40, "")):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path / "checkpoints") == str(tmp_path / "checkpoints" / "checkpoint-20")

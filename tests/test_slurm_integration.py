@@ -35,7 +35,7 @@ from slurm_support import (
 
 # The workflow's rules by where they must run (docs/cluster.md; the Snakefile's `localrules:`).
 GPU_RULES = {"align_projector", "finetune", "classify", "extract_vision_features", "extract_features",
-             "encoder_zero_shot"}
+             "encoder_zero_shot", "extract_layer_features"}
 LOCAL_RULES = {"prepare_dataset", "build_prompts", "random_baseline", "aggregate", "make_tables",
                "make_figure"}
 TABLES = ("table1.csv", "table2.csv", "table3.csv")

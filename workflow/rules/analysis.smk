@@ -131,6 +131,8 @@ rule extract_layer_features:
         dtype=MODEL.get("dtype", "float32"),
         remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("extract_layer_features", "{dataset}", "{setting}", "seed{seed}"),
     benchmark:
@@ -154,9 +156,12 @@ rule analysis_probe:
         max_iter=_LINEAR["max_iter"],
         mlp=_mlp_json(),
         layer_mlp="--layer-mlp" if _LAYERWISE["mlp"] else "",
+        matched_mlp="--matched-mlp" if _MATCHED["mlp"] else "--no-matched-mlp",
         controls="--controls" if _CONTROLS else "--no-controls",
         device=MODEL.get("device", "cpu"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_probe", "{dataset}", "{setting}", "seed{seed}"),
     benchmark:
@@ -164,7 +169,8 @@ rule analysis_probe:
     shell:
         "projection-probe analysis-probe --dataset {wildcards.dataset} --setting {wildcards.setting}"
         " --seed {wildcards.seed} --classes {input.classes} {params.files} --poolings {params.poolings}"
-        " --c {params.c} --max-iter {params.max_iter} {params.mlp} {params.layer_mlp} {params.controls}"
+        " --c {params.c} --max-iter {params.max_iter} {params.mlp} {params.layer_mlp} {params.matched_mlp}"
+        " {params.controls}"
         " --device {params.device} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -177,6 +183,8 @@ rule analysis_similarity:
         files=_similarity_file_args,
         knn_k=_SIMILARITY["knn_k"],
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_similarity", "{dataset}", "seed{seed}"),
     benchmark:
@@ -206,6 +214,8 @@ rule analysis_layerwise_report:
     params:
         bootstrap=_BOOTSTRAP,
         confidence=_CONFIDENCE,
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_layerwise_report", "all"),
     shell:
@@ -222,6 +232,8 @@ rule analysis_matched_report:
     params:
         bootstrap=_BOOTSTRAP,
         confidence=_CONFIDENCE,
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_matched_report", "all"),
     shell:
@@ -235,6 +247,8 @@ rule analysis_selectivity_report:
         probe_tables(),
     output:
         **_report_rule_outputs("selectivity", "selectivity", "Control tasks"),
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_selectivity_report", "all"),
     shell:
@@ -247,6 +261,8 @@ rule analysis_similarity_report:
         similarity_tables(),
     output:
         **_report_rule_outputs("similarity", "similarity", "Representation similarity"),
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_similarity_report", "all"),
     shell:
@@ -274,6 +290,8 @@ rule analysis_claims:
         bootstrap=_BOOTSTRAP,
         permutations=_PERMUTATIONS,
         confidence=_CONFIDENCE,
+    conda:
+        CONDA_ENV
     log:
         log_path("analysis_claims", "all"),
     shell:

@@ -7,6 +7,8 @@ rule random_baseline:
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         f"{RESULTS}/baselines/{{dataset}}/random/seed{{seed}}.csv",
+    conda:
+        CONDA_ENV
     log:
         log_path("random_baseline", "{dataset}", "seed{seed}"),
     shell:
@@ -33,6 +35,8 @@ rule encoder_zero_shot:
         workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("encoder_zero_shot", "{dataset}"),
     shell:

@@ -17,6 +17,8 @@ rule classify:
         dtype=MODEL.get("dtype", "float32"),
         remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
     shell:

@@ -8,6 +8,8 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = "results"
+# For `--sdm conda`: one environment for every rule, kept in sync with pyproject.toml by a test.
+CONDA_ENV = "../../envs/projection-probe.yaml"
 DATASETS = list(config["datasets"])
 SEEDS = [int(s) for s in config["seeds"]]
 SETTINGS = list(config["settings"])
@@ -61,7 +63,7 @@ def finetune_params(setting):
     merged = {"epochs": 1, "warmup_ratio": 0.03, "weight_decay": 0.0, "lr_scheduler": "cosine",
               "max_grad_norm": 0.0, "bf16": False, "gradient_checkpointing": False,
               "checkpoint_every_steps": 50, "num_gpus": 1, "optim": "adamw_torch", "accelerate_config": None,
-              "max_examples": None, "projector_lr": 2e-5, "lora_r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
+              "max_examples": None, "model_dtype": "float32", "projector_lr": 2e-5, "lora_r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
     merged.update(config.get("finetune", {}))
     merged.update(config["settings"][setting])
     return merged

@@ -16,6 +16,8 @@ rule prepare_dataset:
         on_bad_image=config.get("data", {}).get("on_bad_image", "fail"),
         train_only=("--allow-train-only-classes" if config.get("data", {}).get("allow_train_only_classes", True)
                     else "--no-allow-train-only-classes"),
+    conda:
+        CONDA_ENV
     log:
         log_path("prepare_dataset", "{dataset}"),
     shell:
@@ -32,6 +34,8 @@ rule build_prompts:
         f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
     params:
         cue="--output-cue" if config.get("data", {}).get("prompt_output_cue", False) else "--no-output-cue",
+    conda:
+        CONDA_ENV
     log:
         log_path("build_prompts", "{dataset}", "seed{seed}"),
     shell:

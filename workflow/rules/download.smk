@@ -28,6 +28,8 @@ for _name, _root in download_targets().items():
             dataset=config["datasets"][_name]["source"]["kind"],
             url=shlex.quote(config["datasets"][_name]["download"].get("url") or ""),
             sha256=shlex.quote(config["datasets"][_name]["download"].get("sha256") or ""),
+        conda:
+            CONDA_ENV
         log:
             log_path("download", _name),
         shell:

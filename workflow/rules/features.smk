@@ -14,6 +14,8 @@ rule extract_vision_features:
         num_workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("extract_vision_features", "{dataset}"),
     shell:
@@ -35,6 +37,8 @@ rule extract_features:
     params:
         device=MODEL.get("device", "cpu"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("extract_features", "{dataset}", "{setting}", "seed{seed}"),
     shell:

@@ -29,9 +29,14 @@ rule finetune:
         checkpointing=lambda wc: ("--gradient-checkpointing" if finetune_params(wc.setting)["gradient_checkpointing"]
                                   else "--no-gradient-checkpointing"),
         template=lambda wc: finetune_params(wc.setting).get("template", MODEL.get("template", "v1")),
-        model_dtype=MODEL.get("dtype", "float32") if MODEL.get("dtype") != "float16" else "bfloat16",
+        # Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's
+        # DeepSpeed runs do; pure-bf16 weights lose most updates at lr 2e-5.
+        model_dtype=lambda wc: finetune_params(wc.setting)["model_dtype"],
         workers=config.get("features", {}).get("num_workers", 0),
+        remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("finetune", "{dataset}", "{setting}", "seed{seed}"),
     shell:
@@ -44,5 +49,5 @@ rule finetune:
         " --checkpoint-every-steps {params.hp[checkpoint_every_steps]} --max-examples {params.max_examples}"
         " --lora-r {params.hp[lora_r]} --lora-alpha {params.hp[lora_alpha]} --lora-dropout {params.hp[lora_dropout]}"
         " --projector-lr {params.hp[projector_lr]} --optim {params.hp[optim]} --template {params.template}"
-        " --model-dtype {params.model_dtype} --num-workers {params.workers} --threads {threads}"
+        " --model-dtype {params.model_dtype} --num-workers {params.workers} {params.remote_code} --threads {threads}"
         " --out-dir $(dirname {output}) > {log} 2>&1"

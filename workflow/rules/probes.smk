@@ -21,12 +21,16 @@ rule train_probe_post:
         args=probe_args("post"),
         feature=config["probes"]["post"].get("feature", "post"),
         device=MODEL.get("device", "cpu"),
+        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("train_probe_post", "{dataset}", "{setting}", "seed{seed}"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"
         " --feature {params.feature} {params.args} --seed {wildcards.seed} --device {params.device}"
+        " --f1-classes {params.f1_classes}"
         " --threads {threads} --out-predictions {output.predictions} --out-json {output.summary} > {log} 2>&1"
 
 
@@ -43,10 +47,14 @@ rule train_probe_image_only:
         args=probe_args("image_only"),
         feature=config["probes"]["image_only"].get("feature", "pooled"),
         device=MODEL.get("device", "cpu"),
+        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
     threads: THREADS
+    conda:
+        CONDA_ENV
     log:
         log_path("train_probe_image_only", "{dataset}", "seed{seed}"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"
         " --feature {params.feature} {params.args} --seed {wildcards.seed} --device {params.device}"
+        " --f1-classes {params.f1_classes}"
         " --threads {threads} --out-predictions {output.predictions} --out-json {output.summary} > {log} 2>&1"

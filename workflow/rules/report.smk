@@ -10,6 +10,8 @@ rule aggregate:
     params:
         runs=as_json(all_runs()),
         f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
+    conda:
+        CONDA_ENV
     log:
         log_path("aggregate", "all"),
     shell:
@@ -17,16 +19,20 @@ rule aggregate:
         " --out {output} > {log} 2>&1"
 
 
+PAPER_RESULTS = str(Path(workflow.basedir) / "resources" / "paper_results.csv")
+
+
 def paper_args():
     paper_map = config.get("report", {}).get("paper_map", {})
     if not paper_map:
         return ""
-    return f"--paper-results resources/paper_results.csv --paper-map {as_json(paper_map)}"
+    return f"--paper-results {shlex.quote(PAPER_RESULTS)} --paper-map {as_json(paper_map)}"
 
 
 rule make_tables:
     input:
-        rules.aggregate.output,
+        all_runs=rules.aggregate.output,
+        paper=[PAPER_RESULTS] if config.get("report", {}).get("paper_map") else [],
     output:
         report(
             expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[1], ext=["csv", "md", "tex"]),
@@ -41,10 +47,12 @@ rule make_tables:
         encoder=shlex.quote(config.get("report", {}).get("encoder_name", "CLIP")),
         mllm=shlex.quote(config.get("report", {}).get("mllm_name", "LLaVA-1.5")),
         paper=paper_args(),
+    conda:
+        CONDA_ENV
     log:
         log_path("make_tables", "all"),
     shell:
-        "projection-probe make-tables --all-runs {input} --out-dir {RESULTS}/tables --encoder-name {params.encoder}"
+        "projection-probe make-tables --all-runs {input.all_runs} --out-dir {RESULTS}/tables --encoder-name {params.encoder}"
         " --mllm-name {params.mllm} {params.paper} > {log} 2>&1"
 
 
@@ -55,6 +63,8 @@ rule make_figure:
         png=report(f"{RESULTS}/figures/richness_vs_f1.png", caption="../report/figure_richness.rst",
                    category="Figures"),
         pdf=f"{RESULTS}/figures/richness_vs_f1.pdf",
+    conda:
+        CONDA_ENV
     log:
         log_path("make_figure", "all"),
     shell:

@@ -62,7 +62,7 @@ def run_extract_layers(args) -> None:
 
 def probe_one(dataset, setting, seed, classes_path, layers_train=None, layers_test=None, features_train=None,
               features_test=None, linear=None, mlp=None, layer_mlp=False, poolings=None, controls=True,
-              device="cpu"):
+              device="cpu", matched_mlp=True):
     from projection_probe.analysis.layers import read_layer_file
     from projection_probe.analysis.probing import read_features_file, run_probes
     from projection_probe.probes.commands import read_classes
@@ -79,7 +79,7 @@ def probe_one(dataset, setting, seed, classes_path, layers_train=None, layers_te
         features = {"train": read_features_file(features_train, n_classes),
                     "test": read_features_file(features_test, n_classes)}
     return run_probes(dataset, setting, seed, n_classes, layers, features, linear, mlp, layer_mlp, poolings,
-                      controls, device)
+                      controls, device, matched_mlp)
 
 
 def run_probe(args) -> None:
@@ -89,7 +89,8 @@ def run_probe(args) -> None:
     frame = probe_one(args.dataset, args.setting, args.seed, args.classes, args.layers_train, args.layers_test,
                       args.features_train, args.features_test, {"c": args.c, "max_iter": args.max_iter},
                       _json(args.mlp, "--mlp") if args.mlp else None, args.layer_mlp,
-                      args.poolings.split(",") if args.poolings else None, args.controls, args.device)
+                      args.poolings.split(",") if args.poolings else None, args.controls, args.device,
+                      args.matched_mlp)
     write_csv(args.out, frame)
 
 
@@ -189,7 +190,7 @@ def run_recompute(args) -> None:
                           feats / "train.safetensors" if has_feats else None,
                           feats / "test.safetensors" if has_feats else None, linear, mlp,
                           bool(opts.get("layer_mlp", False)), opts.get("poolings"),
-                          bool(opts.get("control_tasks", True)), args.device)
+                          bool(opts.get("control_tasks", True)), args.device, bool(opts.get("matched_mlp", True)))
         target = out / "analysis" / dataset / setting / f"seed{seed}" / "probes.csv"
         write_csv(target, frame)
         probe_files.append(target)
@@ -260,6 +261,8 @@ def register(subparsers) -> None:
     p.add_argument("--mlp", default=None, help="JSON: MLP probe hyperparameters (hidden, lr, batch_size, ...); "
                                                "without it only linear probes run")
     p.add_argument("--layer-mlp", action="store_true", help="also an MLP probe per layer (needs --mlp)")
+    p.add_argument("--matched-mlp", action=argparse.BooleanOptionalAction, default=True,
+                   help="an MLP probe on pre/post besides the linear one (needs --mlp)")
     p.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)

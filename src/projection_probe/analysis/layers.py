@@ -41,10 +41,11 @@ def layer_states(facade, records: list[dict], cache, batch_size: int = 8) -> dic
         inputs = facade.build_inputs([r["conversations"][0]["value"] for r in batch], padding_side="left")
         # logits_to_keep=1: the logits are not needed, only the hidden states.
         out, moved = facade._lm_forward(inputs, x_v, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        hidden = torch.stack(out.hidden_states)  # L×B×T×D
-        mask = moved.image_mask.to(hidden.dtype).unsqueeze(0).unsqueeze(-1)  # 1×B×T×1
-        means.append(((hidden * mask).sum(2) / mask.sum(2)).float().cpu())
-        lasts.append(hidden[:, :, -1].float().cpu())
+        mask = moved.image_mask.float().unsqueeze(-1)  # B×T×1
+        # One layer at a time and in float32: a 7B model's late-layer outliers summed over 576 image
+        # tokens can overflow fp16, and stacking all L layers at once would hold L×B×T×D on the GPU.
+        means.append(torch.stack([(h.float() * mask).sum(1) / mask.sum(1) for h in out.hidden_states]).cpu())
+        lasts.append(torch.stack([h[:, -1].float() for h in out.hidden_states]).cpu())
     return {"image_mean": torch.cat(means, 1), "last_token": torch.cat(lasts, 1)}
 
 

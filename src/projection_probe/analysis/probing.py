@@ -97,12 +97,14 @@ def probe_both_tasks(x_tr, y_tr, ids_tr, x_te, y_te, ids_te, family, n_classes, 
 
 def run_probes(dataset: str, setting: str, seed: int, n_classes: int, layers: dict | None = None,
                features: dict | None = None, linear: dict | None = None, mlp: dict | None = None,
-               layer_mlp: bool = False, poolings=None, controls: bool = True, device: str = "cpu") -> pd.DataFrame:
+               layer_mlp: bool = False, poolings=None, controls: bool = True, device: str = "cpu",
+               matched_mlp: bool = True) -> pd.DataFrame:
     """All probes of one (dataset, setting, seed).
 
     ``layers``: ``{"train": (states, labels, ids), "test": ...}`` from ``layers.read_layer_file``;
     ``features``: ``{"train": (pre, post, labels, ids), "test": ...}`` from the features stage.
-    Either may be None to skip that analysis."""
+    Either may be None to skip that analysis. ``mlp`` holds the MLP probe's hyperparameters; it is
+    used per layer with ``layer_mlp`` and on pre/post with ``matched_mlp``."""
     linear = dict(linear or {})
     mlp = check_mlp_spec(mlp)
     if layer_mlp and mlp is None:
@@ -125,7 +127,7 @@ def run_probes(dataset: str, setting: str, seed: int, n_classes: int, layers: di
             log.info("%s/%s/seed%s: %s probes done", dataset, setting, seed, pooling)
     if features is not None:
         (pre_tr, post_tr, y_tr, id_tr), (pre_te, post_te, y_te, id_te) = features["train"], features["test"]
-        families = ["linear"] + (["mlp"] if mlp is not None else [])
+        families = ["linear"] + (["mlp"] if mlp is not None and matched_mlp else [])
         for rep, x_tr, x_te in (("pre", pre_tr, pre_te), ("post", post_tr, post_te)):
             for family in families:
                 for r in probe_both_tasks(x_tr.numpy(), y_tr.numpy(), id_tr, x_te.numpy(), y_te.numpy(), id_te,

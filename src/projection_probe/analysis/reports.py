@@ -11,22 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from projection_probe.analysis.stats import claims_table, seed_stats, summarize_over_seeds
+from projection_probe.analysis.similarity import order_settings, setting_rank
+from projection_probe.analysis.stats import bootstrap_ci, claims_table, mean_std, seed_stats, summarize_over_seeds
 from projection_probe.io import atomic_path, write_csv, write_text
 
-SETTING_ORDER = ("original", "ft-proj", "ft-e2e", "ft-lora")
 PROBE_KEYS = ["dataset", "setting", "seed", "analysis", "family", "representation", "pooling", "layer"]
 
 
 # ---------------------------------------------------------------- helpers
-def _setting_rank(s: str) -> int:
-    return SETTING_ORDER.index(s) if s in SETTING_ORDER else len(SETTING_ORDER)
-
-
-def order_settings(settings) -> list[str]:
-    return sorted(dict.fromkeys(settings), key=lambda s: (_setting_rank(s), s))
-
-
 def write_table(frame: pd.DataFrame, out_csv, out_md, title: str, note: str = "") -> None:
     write_csv(out_csv, frame)
     if frame.empty:
@@ -54,6 +46,12 @@ def _plt():
     return plt
 
 
+def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's name, imported lazily
+    from matplotlib.ticker import MaxNLocator as locator
+
+    return locator(**kwargs)
+
+
 def read_csvs(paths) -> pd.DataFrame:
     frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in paths]
     frames = [f for f in frames if not f.empty]
@@ -76,7 +74,7 @@ def _sorted(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         return frame
     ds = {d: i for i, d in enumerate(dict.fromkeys(frame["dataset"]))}
     key = frame.apply(lambda r: tuple(ds[r["dataset"]] if c == "dataset" else
-                                      (_setting_rank(r[c]), r[c]) if c == "setting" else r[c] for c in cols), axis=1)
+                                      setting_rank(str(r[c])) if c in ("setting", "a", "b") else r[c] for c in cols), axis=1)
     return frame.loc[key.sort_values().index].reset_index(drop=True)
 
 
@@ -115,6 +113,7 @@ def layerwise_report(probes: pd.DataFrame, out_csv, out_md, out_png, out_pdf, n_
                 ax.plot(line["layer"], line["macro_f1_mean"], marker="o", markersize=3, label=s)
                 ax.fill_between(line["layer"], line["macro_f1_mean"] - line["macro_f1_std"],
                                 line["macro_f1_mean"] + line["macro_f1_std"], alpha=0.2)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(f"{d}: {family} probe, {pooling}", fontsize=9)
             ax.set_xlabel("LLM layer (0 = input embeddings)")
             ax.set_ylabel("probe macro-F1")
@@ -146,8 +145,6 @@ def matched_report(probes: pd.DataFrame, out_csv, out_md, out_png, out_pdf, n_bo
                 row[f"{rep}_f1_mean"], row[f"{rep}_f1_std"] = v.mean(), (v.std(ddof=1) if len(v) > 1 else 0.0)
                 sel = frame.loc[seeds, "selectivity"]
                 row[f"{rep}_selectivity_mean"] = sel.mean()
-            from projection_probe.analysis.stats import bootstrap_ci, mean_std
-
             row["post_minus_pre_mean"], row["post_minus_pre_std"] = mean_std(diff)
             row["post_minus_pre_ci_low"], row["post_minus_pre_ci_high"] = bootstrap_ci(diff, n_boot, confidence)
             rows.append(row)
@@ -202,6 +199,7 @@ def selectivity_report(probes: pd.DataFrame, out_csv, out_md, out_png, out_pdf) 
                 line = sub[sub["setting"] == s].sort_values("layer")
                 ax.plot(line["layer"], line["selectivity_mean"], marker="o", markersize=3, label=s)
             ax.axhline(0, color="0.5", linewidth=0.8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(f"{d}: {family}, {pooling}", fontsize=9)
             ax.set_xlabel("LLM layer")
             ax.set_ylabel("selectivity (acc − control acc)")
@@ -210,12 +208,17 @@ def selectivity_report(probes: pd.DataFrame, out_csv, out_md, out_png, out_pdf) 
         ax = axes[i][-1]
         m = table[(table["dataset"] == d) & (table["analysis"] == "matched")]
         if not m.empty:
-            m = _sorted(m, ["setting", "family", "representation"])
+            m = m.assign(_pre_first=(m["representation"] != "pre").astype(int))
+            m = _sorted(m, ["setting", "family", "_pre_first"])
             x = np.arange(len(m))
             ax.bar(x, m["selectivity_mean"], yerr=m["selectivity_std"], capsize=3,
                    color=["C0" if r == "pre" else "C1" for r in m["representation"]])
             ax.set_xticks(x, [f"{s}\n{f}\n{r}" for s, f, r in zip(m["setting"], m["family"], m["representation"])],
                           fontsize=6)
+            from matplotlib.patches import Patch
+
+            ax.legend(handles=[Patch(color="C0", label="pre (X_v)"), Patch(color="C1", label="post (H_v)")],
+                      fontsize=7)
         ax.axhline(0, color="0.5", linewidth=0.8)
         ax.set_title(f"{d}: matched pre/post", fontsize=9)
         ax.set_ylabel("selectivity")
@@ -247,8 +250,14 @@ def similarity_report(similarity: pd.DataFrame, out_csv, out_md, out_png, out_pd
             ax = axes[i][j]
             sub = st[(st["dataset"] == d) & (st["metric"] == metric) & (st["pooling"] == pooling)].copy()
             sub["pair"] = sub["a"] + " vs " + sub["b"]
-            grid = sub.pivot_table(index="pair", columns="layer", values="value_mean")
+            # dropna=False keeps layers where the measure is undefined (a constant representation, e.g.
+            # the last prompt token's embedding at layer 0): they show blank instead of vanishing.
+            grid = sub.pivot_table(index="pair", columns="layer", values="value_mean", dropna=False)
             if not grid.empty:
+                if grid.shape[1] <= 16:
+                    for (r, c), v in np.ndenumerate(grid.to_numpy()):
+                        ax.text(c, r, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+                                color="w", fontsize=6)
                 im = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
                 ax.set_yticks(range(len(grid.index)), grid.index, fontsize=6)
                 ax.set_xticks(range(len(grid.columns)), grid.columns, fontsize=6)

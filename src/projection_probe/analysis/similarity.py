@@ -59,6 +59,19 @@ def mutual_knn(x, y, k: int = 10) -> float:
     return float(np.mean(shared) / k)
 
 
+SETTING_ORDER = ("original", "ft-proj", "ft-e2e", "ft-lora")
+
+
+def setting_rank(setting: str) -> tuple:
+    """The paper's settings first, in its order, then any other name alphabetically."""
+    base = setting.split(":")[0]
+    return (SETTING_ORDER.index(base) if base in SETTING_ORDER else len(SETTING_ORDER), setting)
+
+
+def order_settings(settings) -> list[str]:
+    return sorted(dict.fromkeys(settings), key=setting_rank)
+
+
 SIMILARITY_COLUMNS = ["dataset", "seed", "comparison", "pooling", "layer", "a", "b", "metric", "value"]
 
 
@@ -79,7 +92,7 @@ def similarity_rows(dataset: str, seed: int, layer_sets: dict, pooled: dict, k: 
     import pandas as pd
 
     rows = []
-    settings = list(layer_sets)
+    settings = order_settings(layer_sets)  # canonical pairs whatever order the files came in
     reference = layer_sets[settings[0]][2] if settings else None
     aligned = {}
     for s in settings:
@@ -96,7 +109,8 @@ def similarity_rows(dataset: str, seed: int, layer_sets: dict, pooled: dict, k: 
                                 layer=layer, a=a, b=b)
                     rows.append({**base, "metric": "cka", "value": linear_cka(x, y)})
                     rows.append({**base, "metric": "mknn", "value": mutual_knn(x, y, k)})
-    for s, (pre, post, ids) in pooled.items():
+    for s in order_settings(pooled):
+        pre, post, ids = pooled[s]
         base = dict(dataset=dataset, seed=int(seed), comparison="pre_post", pooling="patch_mean", layer=-1,
                     a=f"{s}:pre", b=f"{s}:post")
         x, y = np.asarray(pre, dtype=np.float64), np.asarray(post, dtype=np.float64)

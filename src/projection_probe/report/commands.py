@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--mllm-name", default="MLLM", help="label of the MLLM's zero-shot row (\"<NAME> zero-shot\")")
     p.add_argument("--paper-results", default=None, help="resources/paper_results.csv: add paper and Δ columns")
     p.add_argument("--paper-map", default=None,
-                   help="JSON object: our dataset name -> the paper's dataset name in --paper-results")
+                   help="JSON object (inline, or a file holding it): our dataset name -> the paper\'s dataset name")
     p.set_defaults(handler=run_make_tables)
 
     p = subparsers.add_parser(

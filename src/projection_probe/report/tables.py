@@ -119,7 +119,15 @@ class PaperResults:
             raise InputError(f"{csv_path}: column 'value' has non-numeric entries such as "
                              f"{frame.loc[values.isna(), 'value'].iloc[0]!r}")
         frame = frame.assign(value=values)
-        dataset_map = read_json(map_path)
+        if str(map_path).lstrip().startswith("{"):  # the rule passes the config's map inline
+            import json
+
+            try:
+                dataset_map = json.loads(str(map_path))
+            except json.JSONDecodeError as e:
+                raise InputError(f"--paper-map: not valid JSON ({e})") from e
+        else:
+            dataset_map = read_json(map_path)
         if not isinstance(dataset_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                         for k, v in dataset_map.items()):
             raise InputError(f"{map_path}: expected a JSON object mapping our dataset name to the paper's "

@@ -38,7 +38,8 @@ def run_finetune(args) -> None:
              max_examples=_optional_positive(args.max_examples), template=args.template, lora_r=args.lora_r,
              lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, projector_lr=args.projector_lr,
              optim=args.optim, num_workers=args.num_workers, model_dtype=args.model_dtype,
-             model_max_length=_optional_positive(args.model_max_length))
+             model_max_length=_optional_positive(args.model_max_length),
+             trust_remote_code=args.trust_remote_code)
 
 
 def run_align(args) -> None:
@@ -113,6 +114,8 @@ def register(subparsers) -> None:
     p.add_argument("--model-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="dtype of the weights being trained; bfloat16 = pure-bf16 training (single-GPU 7B E2E)")
     p.add_argument("--model-max-length", type=int, default=2048, help="longest allowed example in tokens (0: no limit)")
+    p.add_argument("--trust-remote-code", action="store_true", default=False,
+                   help="run Python code shipped with the checkpoint (off unless model.trust_remote_code)")
     p.set_defaults(handler=run_finetune)
 
     p = subparsers.add_parser("align-projector",

@@ -336,7 +336,8 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
              max_examples: int | None = None, template: str | None = None, lora_r: int = 128,
              lora_alpha: int = 256, lora_dropout: float = 0.05, projector_lr: float | None = 2e-5,
              optim: str = "adamw_torch", num_workers: int = 0, model_dtype: str = "float32",
-             model_max_length: int | None = 2048, callbacks: list | None = None) -> dict:
+             model_max_length: int | None = 2048, callbacks: list | None = None,
+             trust_remote_code: bool = False) -> dict:
     """Fine-tune the base model folder `base_model_dir` in one setting and publish `out_dir`
     (facade.json pointing at the base, projector.safetensors, and `language_model/` for ft-e2e or
     `lora_adapter/` for ft-lora, plus train_log.json). `projector_lr` applies to ft-lora only.
@@ -362,7 +363,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
 
     # Seed before LoRA adapters are initialised, so that a resumed run rebuilds the same model.
     set_seed(seed)
-    facade = load_facade(base_model_dir, dtype=MODEL_DTYPES[model_dtype])
+    facade = load_facade(base_model_dir, dtype=MODEL_DTYPES[model_dtype], trust_remote_code=trust_remote_code)
     # Training reads cached X_v; the frozen vision tower would only hold memory.
     facade.vision = None
     # The projector (21M parameters for 7B) always trains in float32, also when --model-dtype
