@@ -1,18 +1,11 @@
 """Issue 8 analyses: similarity measures, control tasks, claims statistics, and one micro workflow
-run with the analyses switched on.
-
-The workflow run uses a temporary copy of the repository's Snakefile and workflow/ folder, into
-which the analyses are wired only where the repository does not wire them yet (the schema fragment
-merged into the copied schema, an `include:` of analysis.smk appended to the copied Snakefile). Once
-the lead has merged both, the copy is the repository's own workflow unchanged, so the test keeps
-testing what users run; the rules themselves are always the repository's files (copied, not
-rewritten).
+run of the repository's own Snakefile with the analyses switched on (`study` first, then
+`analysis_all` on top, so that the analyses' extra cost is measured).
 """
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -163,28 +156,6 @@ def test_layer_states_count_pooling_and_batch_invariance(tmp_path):
 
 
 # ---------------------------------------------------------------- the micro workflow
-def analysis_snakefile(dest: Path) -> Path:
-    """A copy of the repository's workflow with the analyses wired in (see the module docstring)."""
-    shutil.copytree(REPO_ROOT / "workflow", dest / "workflow")
-    # Whatever else the rules reach relative to the repository root (envs/ for `conda:`, resources/)
-    # is linked, not copied, so that the copy stays the repository's workflow.
-    for entry in REPO_ROOT.iterdir():
-        if entry.name not in {"Snakefile", "workflow", "results", ".git", ".venv", ".snakemake"}:
-            (dest / entry.name).symlink_to(entry)
-    snakefile = dest / "Snakefile"
-    shutil.copy(REPO_ROOT / "Snakefile", snakefile)
-    schema_path = dest / "workflow" / "schemas" / "config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
-    if "analyses" not in schema["properties"]:
-        fragment = yaml.safe_load((REPO_ROOT / "workflow" / "schemas" / "analyses.schema.fragment.yaml").read_text())
-        schema["properties"].update(fragment)
-        schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
-    text = snakefile.read_text()
-    if "analysis.smk" not in text:
-        snakefile.write_text(text + '\n\ninclude: "workflow/rules/analysis.smk"\n')
-    return snakefile
-
-
 ANALYSES = {"enabled": True, "layerwise": {"enabled": True, "poolings": ["image_mean", "last_token"],
                                            "batch_size": 8, "storage_dtype": "float16", "mlp": False},
             "linear_probe": {"C": 1.0, "max_iter": 200}, "matched_probes": {"enabled": True, "mlp": True},
@@ -192,9 +163,8 @@ ANALYSES = {"enabled": True, "layerwise": {"enabled": True, "poolings": ["image_
             "permutations": 10000, "confidence": 0.95}
 
 
-def _command(snakefile: Path, workdir: Path, *extra: str, configfile: Path | None = None) -> list[str]:
+def _command(workdir: Path, *extra: str, configfile: Path | None = None) -> list[str]:
     cmd = snakemake_command(workdir, *extra)
-    cmd[cmd.index("-s") + 1] = str(snakefile)
     if configfile is not None:
         cmd[cmd.index("--configfile") + 1] = str(configfile)
     return cmd
@@ -203,7 +173,6 @@ def _command(snakefile: Path, workdir: Path, *extra: str, configfile: Path | Non
 @pytest.fixture(scope="module")
 def analysis_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis_micro")
-    snakefile = analysis_snakefile(root / "wf")
     # One dataset, Original + FT-Proj, one classification mode, two seeds: the smallest study on which
     # every analysis (including the paired claims statistics) has something to compute.
     workdir = make_micro_workdir(
@@ -212,20 +181,20 @@ def analysis_run(tmp_path_factory):
         classify={**MICRO_CONFIG["classify"], "modes": ["generate"]},
         baselines={"random": True, "encoder_zero_shot": {"enabled": False}}, analyses=ANALYSES)
     started = time.perf_counter()
-    base = subprocess.run(_command(snakefile, workdir, "all"), capture_output=True, text=True)
+    base = subprocess.run(_command(workdir, "study"), capture_output=True, text=True)
     base_seconds = time.perf_counter() - started
     assert base.returncode == 0, base.stdout[-3000:] + base.stderr[-3000:]
     started = time.perf_counter()  # the analyses on top of a finished study: their extra time
-    done = subprocess.run(_command(snakefile, workdir, "analysis_all"), capture_output=True, text=True)
+    done = subprocess.run(_command(workdir, "analysis_all"), capture_output=True, text=True)
     extra_seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # Kept for docs/analysis.md ("Cost"); printed with `pytest -s`.
     (workdir / "analysis_seconds.txt").write_text(f"study {base_seconds:.1f}\nanalyses {extra_seconds:.1f}\n")
     print(f"micro study {base_seconds:.1f} s, analyses on top {extra_seconds:.1f} s ({workdir})")
-    report = subprocess.run(_command(snakefile, workdir, "analysis_all", "--report",
+    report = subprocess.run(_command(workdir, "analysis_all", "--report",
                                      str(workdir / "results" / "report.html")), capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]
-    return snakefile, workdir
+    return workdir
 
 
 slow = pytest.mark.slow
@@ -233,7 +202,7 @@ slow = pytest.mark.slow
 
 @slow
 def test_micro_run_writes_every_table_figure_and_report_section(analysis_run):
-    _, workdir = analysis_run
+    workdir = analysis_run
     results = workdir / "results"
     for name, figure in (("layerwise", "layerwise_f1"), ("matched", "matched"), ("selectivity", "selectivity"),
                          ("similarity", "similarity"), ("claims", "claims")):
@@ -252,7 +221,7 @@ def test_saved_layer_count_is_num_hidden_layers_plus_one_and_layer0_is_pooled_h_
     from projection_probe.analysis.layers import read_layer_file
     from projection_probe.io import load_safetensors
 
-    _, workdir = analysis_run
+    workdir = analysis_run
     n_layers = json.loads((workdir / "tiny_models" / "llm" / "config.json").read_text())["num_hidden_layers"]
     for setting in ("original", "ft-proj"):
         states, labels, ids = read_layer_file(
@@ -267,7 +236,7 @@ def test_saved_layer_count_is_num_hidden_layers_plus_one_and_layer0_is_pooled_h_
 
 @slow
 def test_micro_probe_tables_cover_layers_poolings_controls_and_matched(analysis_run):
-    _, workdir = analysis_run
+    workdir = analysis_run
     probes = pd.read_csv(workdir / "results" / "analysis" / "digits" / "ft-proj" / "seed1" / "probes.csv")
     lw = probes[probes["analysis"] == "layerwise"]
     assert set(lw["pooling"]) == {"image_mean", "last_token"} and set(lw["task"]) == {"real", "control"}
@@ -285,7 +254,7 @@ def test_micro_probe_tables_cover_layers_poolings_controls_and_matched(analysis_
 
 @slow
 def test_recompute_cli_reproduces_the_workflow_tables_from_saved_layer_files(analysis_run, tmp_path):
-    _, workdir = analysis_run
+    workdir = analysis_run
     options = {"linear_probe": ANALYSES["linear_probe"], "knn_k": 5, "bootstrap": 200, "control_tasks": True,
                "mlp": {k: v for k, v in MICRO_CONFIG["probes"]["post"].items()}}
     out = subprocess.run(["projection-probe", "analysis-recompute", "--results", "results", "--out-dir",
@@ -300,14 +269,27 @@ def test_recompute_cli_reproduces_the_workflow_tables_from_saved_layer_files(ana
 
 @slow
 def test_analyses_disabled_request_nothing(analysis_run, tmp_path):
-    snakefile, workdir = analysis_run
+    workdir = analysis_run
     config = yaml.safe_load((workdir / "micro.yaml").read_text())
     config["analyses"]["enabled"] = False
     (tmp_path / "off.yaml").write_text(yaml.safe_dump(config))
-    out = subprocess.run(_command(snakefile, workdir, "analysis_all", "-n", configfile=tmp_path / "off.yaml"),
+    out = subprocess.run(_command(workdir, "analysis_all", "-n", configfile=tmp_path / "off.yaml"),
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     # `analysis_all` has no inputs then (analysis_targets() == []), so it is the only job listed:
     # no extraction, probe, similarity or report job is requested.
     jobs = re.findall(r"^(?:local)?rule (\w+):", out.stdout, flags=re.M)
     assert jobs == ["analysis_all"], jobs
+
+
+@slow
+def test_rule_all_includes_the_enabled_analyses(analysis_run):
+    """`all` = `study` + `analysis_all`: after both ran, `all` has nothing left to do, and it lists
+    the analysis reports among its inputs."""
+    workdir = analysis_run
+    out = subprocess.run(_command(workdir, "all", "-n"), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-2000:]
+    listed = subprocess.run(_command(workdir, "all", "-n", "--forceall"), capture_output=True, text=True)
+    jobs = set(re.findall(r"^(?:local)?rule (\w+):", listed.stdout, flags=re.M))
+    assert {"analysis_claims", "analysis_layerwise_report", "make_tables"} <= jobs, jobs

@@ -130,6 +130,9 @@ rule extract_layer_features:
         device=MODEL.get("device", "cpu"),
         dtype=MODEL.get("dtype", "float32"),
         remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     threads: THREADS
     conda:
         CONDA_ENV

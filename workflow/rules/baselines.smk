@@ -34,6 +34,9 @@ rule encoder_zero_shot:
         args=zero_shot_args(),
         workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     threads: THREADS
     conda:
         CONDA_ENV

@@ -22,6 +22,8 @@ for _name, _root in download_targets().items():
     rule:
         name:
             f"download_{_name}"
+        # Compute nodes often have no internet: downloads run on the submitting node.
+        localrule: True
         output:
             directory(_root),
         params:

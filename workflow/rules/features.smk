@@ -13,6 +13,9 @@ rule extract_vision_features:
         batch_size=config.get("features", {}).get("batch_size", 32),
         num_workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     threads: THREADS
     conda:
         CONDA_ENV
@@ -36,6 +39,9 @@ rule extract_features:
         test=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/test.safetensors",
     params:
         device=MODEL.get("device", "cpu"),
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     threads: THREADS
     conda:
         CONDA_ENV

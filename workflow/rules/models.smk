@@ -52,6 +52,9 @@ else:
             align=config.get("align", {}),
             template=MODEL.get("template", "v1"),
             seed=SEEDS[0],
+        # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+        resources:
+            gpu=1,
         threads: THREADS
         conda:
             CONDA_ENV
