@@ -200,7 +200,8 @@ def make_test_profile(tmp_dir: Path, *, gpu_model: str | None = GPU_TYPE) -> Pat
         res["runtime"] = "30 * attempt"
         res.pop("cpus_per_gpu", None)
         res.pop("slurm_partition", None)
-        if res.get("gpu") and gpu_model:
+        # finetune takes its GPU count from the rule (finetune.num_gpus), the others from the profile.
+        if (res.get("gpu") or rule == "finetune") and gpu_model:
             res["gpu_model"] = gpu_model
         set_resources[rule] = res
     test["set-resources"] = set_resources

@@ -202,3 +202,31 @@ def test_bad_template_and_missing_model(dataset, clip_dir, tmp_path, capsys):
     assert main(base + ["--model", str(tmp_path / "nowhere")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_label_set_test_drops_classes_without_test_images(dataset, clip_dir, tmp_path, monkeypatch):
+    """`--label-set test` (the authors' pipeline): CLIP's softmax runs only over the classes that occur
+    in the test split, so a train-only class can never be predicted."""
+    from transformers import CLIPModel
+
+    from projection_probe.baselines.commands import candidate_classes
+
+    assert candidate_classes(CLASSES, ["shirt", "Cat", "shirt"], "test") == ["Cat", "shirt"]  # pinned order
+    assert candidate_classes(CLASSES, ["shirt"], "pinned") == CLASSES
+    manifest, classes = dataset
+    frame = pd.read_csv(manifest)
+    frame = frame[~((frame["split"] == "test") & (frame["label"] == "dog"))]  # "dog" is now train-only
+    frame.to_csv(manifest, index=False)
+    calls = []
+    original = CLIPModel.get_text_features
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "get_text_features", counting)
+    out = tmp_path / "clip_test_labels.csv"
+    assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--model",
+                 str(clip_dir), "--label-set", "test", "--device", "cpu", "--out", str(out)]) == 0
+    assert calls == [len(CLASSES) - 1]
+    assert "dog" not in set(read_predictions_csv(out)["parsed"])

@@ -58,3 +58,32 @@ def test_custom_eos_strings():
 def test_classes_equal_up_to_case_are_rejected():
     with pytest.raises(InputError, match="differ only in case"):
         parse_label("cat", ["cat", "Cat"])
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Banded", "Banded"),                  # exactly a class string
+    ("  Banded </s> more", "Banded"),      # cut at EOS, outer whitespace stripped
+    ("banded", None),                      # case differs: the parser would accept it, exact does not
+    ('"Banded"', None),                    # quoted
+    ("Banded.", None),                     # trailing period
+    ("Banded\nthat is all", None),         # no first-line rule: the whole answer counts
+    ("The texture is Banded", None),       # substring
+    ("", None),
+    (None, None),
+])
+def test_parse_exact_is_no_parser(raw, expected):
+    from projection_probe.evaluate.parse import parse_exact, read_answer
+
+    classes = ["Banded", "Dotted"]
+    assert parse_exact(raw, classes) == expected
+    assert read_answer(raw, classes, "exact") == expected
+
+
+def test_read_answer_dispatch_and_unknown_parser():
+    from projection_probe.evaluate import commands
+    from projection_probe.evaluate.parse import PARSERS, read_answer
+
+    assert commands.PARSERS == PARSERS  # the CLI's light copy stays in sync
+    assert read_answer('"banded".', ["Banded", "Dotted"]) == "Banded"  # default: the parser
+    with pytest.raises(InputError, match="classify.parser.*'fuzzy'"):
+        read_answer("Banded", ["Banded"], "fuzzy")

@@ -73,6 +73,23 @@ def test_early_stopping_restores_best_weights():
     assert val_loss != pytest.approx(losses[-1], rel=1e-3)
 
 
+def test_restore_best_false_keeps_the_last_epoch():
+    """The authors' probe: train a fixed number of epochs and keep the last weights."""
+    xtr, ytr = blobs(30, n_classes=3, dim=6, seed=2, spread=4.0)
+    xte, yte = blobs(10, n_classes=3, dim=6, seed=3, spread=4.0)
+    kwargs = dict(hidden=[64, 64], lr=3e-2, batch_size=8, max_epochs=12, patience=12, val_fraction=0.3, seed=0)
+    last = train_probe(xtr, ytr, xte, yte, restore_best=False, **kwargs)
+    best = train_probe(xtr, ytr, xte, yte, **kwargs)
+    losses = [h["val_loss"] for h in last.history]
+    assert [h["val_loss"] for h in best.history] == losses  # same training run, different selection
+    assert last.best_epoch == len(losses) and last.best_val_loss == losses[-1]
+    with torch.no_grad():
+        xv, yv = torch.as_tensor(xtr[last.val_indices]), torch.as_tensor(ytr[last.val_indices])
+        assert float(torch.nn.functional.cross_entropy(last.model(xv), yv)) == pytest.approx(losses[-1], rel=1e-5)
+    if int(np.argmin(losses)) + 1 != len(losses):  # the best epoch is not the last: the weights differ
+        assert not torch.equal(next(last.model.parameters()), next(best.model.parameters()))
+
+
 def test_same_seed_same_result_other_seed_differs():
     xtr, ytr = blobs(20, seed=4, spread=2.0)
     xte, yte = blobs(10, seed=5, spread=2.0)

@@ -34,8 +34,8 @@ from slurm_support import (
 )
 
 # The workflow's rules by where they must run (docs/cluster.md; the Snakefile's `localrules:`).
-GPU_RULES = {"align_projector", "finetune", "classify", "extract_vision_features", "extract_features",
-             "encoder_zero_shot", "extract_layer_features"}
+GPU_RULES = {"align_projector", "finetune", "classify", "extract_vision_features", "extract_vision_features_variant",
+             "extract_features", "encoder_zero_shot", "extract_layer_features"}
 LOCAL_RULES = {"prepare_dataset", "build_prompts", "random_baseline", "aggregate", "make_tables",
                "make_figure"}
 TABLES = ("table1.csv", "table2.csv", "table3.csv")
@@ -45,7 +45,9 @@ def _workflow_rule_names() -> set[str]:
     names = set()
     for smk in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
         if smk.exists():
-            names |= set(re.findall(r"^\s*rule\s+(\w+)\s*:", smk.read_text(), flags=re.MULTILINE))
+            text = smk.read_text()
+            names |= set(re.findall(r"^\s*rule\s+(\w+)\s*:", text, flags=re.MULTILINE))
+            names |= set(re.findall(r"^\s*use rule\s+\w+\s+as\s+(\w+)", text, flags=re.MULTILINE))
     return names
 
 
@@ -57,8 +59,13 @@ def test_slurm_profile_matches_the_workflow_rules():
     set_resources = profile["set-resources"]
     unknown = (set(set_resources) | set(profile.get("set-threads", {}))) - rules
     assert not unknown, f"{SLURM_PROFILE} configures rules the workflow does not have: {sorted(unknown)}"
-    for rule in GPU_RULES & rules:
+    for rule in (GPU_RULES & rules) - {"finetune"}:
         assert set_resources.get(rule, {}).get("gpu", 0) >= 1, f"GPU rule {rule} requests no GPU in the profile"
+    # finetune's GPU count is the config's num_gpus, declared by the rule itself (the same number goes
+    # to `accelerate launch --num_processes`): a profile value would override it.
+    assert "gpu" not in set_resources.get("finetune", {}), "the profile must not set finetune's GPU count"
+    finetune_rule = (REPO / "workflow" / "rules" / "finetune.smk").read_text()
+    assert 'gpu=lambda wc: finetune_params(wc.setting)["num_gpus"]' in finetune_rule
     for rule in set(set_resources) - GPU_RULES:
         assert not set_resources[rule].get("gpu"), f"non-GPU rule {rule} requests a GPU in the profile"
     assert not LOCAL_RULES & set(set_resources), "local rules never reach Slurm: no resources for them"
@@ -75,8 +82,9 @@ TOY_SNAKEFILE = textwrap.dedent(
     rule all:
         input: "tables.txt"
 
-    rule finetune:  # GPU rule: gpu/gpu_model come from the profile, not from here
+    rule finetune:  # GPU rule: the count from here (as the real rule), gpu_model from the profile
         output: "finetune.txt"
+        resources: gpu=1
         shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}} > {output}"
 
     rule train_probe_post:  # CPU rule that goes to Slurm without a GPU

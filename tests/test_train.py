@@ -217,6 +217,28 @@ def test_ft_proj_cli_saves_only_the_projector(llava_setup):
     assert not torch.equal(tuned.projector.linear_1.weight, original.projector.linear_1.weight)
 
 
+def test_fine_tune_records_the_preprocessing_of_its_vision_cache(llava_setup):
+    """A setting trained on `square` images (the authors' FT-Proj) is evaluated and probed as `square`,
+    whatever its base used (settings.<name>.image_preprocessing)."""
+    from safetensors import safe_open
+
+    from projection_probe.cli import main
+
+    root, base, prompts, cache = llava_setup
+    with safe_open(str(cache), framework="pt") as f:
+        meta = {**f.metadata(), "image_preprocessing": "square"}
+    square_cache = root / "data" / "vision_square.safetensors"
+    save_safetensors(square_cache, load_safetensors(cache), metadata=meta)
+    out = root / "models" / "ft-proj-square"
+    assert main(["finetune", "--base-model", str(base), "--prompts", str(prompts), "--vision-cache",
+                 str(square_cache), "--setting", "ft-proj", "--lr", "1e-2", "--effective-batch", "2",
+                 "--per-device-batch", "2", "--epochs", "1", "--seed", "0", "--no-bf16", "--max-examples", "2",
+                 "--threads", "1", "--out-dir", str(out)]) == 0
+    assert read_json(out / "facade.json")["image_preprocessing"] == "square"
+    assert load_facade(out, with_language_model=False).image_preprocessing == "square"
+    assert load_facade(base, with_language_model=False).image_preprocessing == "pad"
+
+
 # ---------------------------------------------------------------------------- ft-e2e
 def test_ft_e2e_loss_falls_and_saves_the_language_model(llava_setup):
     root, base, prompts, cache = llava_setup

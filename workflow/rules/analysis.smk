@@ -119,7 +119,7 @@ rule extract_layer_features:
     input:
         model=model_spec,
         prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
-        cache=f"{RESULTS}/features/{{dataset}}/vision.safetensors",
+        cache=setting_vision_cache,
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         train=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_train.safetensors",

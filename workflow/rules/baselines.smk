@@ -20,8 +20,11 @@ def zero_shot_args():
     z = config.get("baselines", {}).get("encoder_zero_shot", {})
     templates = " ".join(f"--template {shlex.quote(t)}" for t in z.get("templates", ["This is a photo of {}."]))
     case = "--lowercase-labels" if z.get("lowercase_labels", True) else "--no-lowercase-labels"
+    # `--label-set test` only when set, so that configs without the key keep their params.
+    label_set = " --label-set test" if z.get("label_set", "pinned") == "test" else ""
     return (f"--model {shlex.quote(str(z.get('model')))} {templates} {case}"
-            f" --image-preprocessing {z.get('image_preprocessing', 'square')} --batch-size {z.get('batch_size', 32)}")
+            f" --image-preprocessing {z.get('image_preprocessing', 'square')} --batch-size {z.get('batch_size', 32)}"
+            f"{label_set}")
 
 
 rule encoder_zero_shot:

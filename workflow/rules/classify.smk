@@ -5,7 +5,7 @@ rule classify:
     input:
         model=model_spec,
         prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
-        cache=f"{RESULTS}/features/{{dataset}}/vision.safetensors",
+        cache=setting_vision_cache,
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
@@ -16,6 +16,11 @@ rule classify:
         device=MODEL.get("device", "cpu"),
         dtype=MODEL.get("dtype", "float32"),
         remote_code="--trust-remote-code" if MODEL.get("trust_remote_code", False) else "",
+        # Only when not the default, so that configs without the key keep their params. `exact` reads
+        # the whole answer as the authors did, so it does not stop at the first newline either.
+        # Only `generate` reads free text, so only its jobs see the key.
+        parser=lambda wc: ("--parser exact --no-stop-at-newline" if wc.mode == "generate"
+                           and config["classify"].get("parser", "substring") == "exact" else ""),
     # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
         gpu=1,
@@ -29,4 +34,4 @@ rule classify:
         " --vision-cache {input.cache} --classes {input.classes} --mode {wildcards.mode}"
         " --batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens}"
         " --temperature {params.temperature} --seed {wildcards.seed} --device {params.device}"
-        " --dtype {params.dtype} {params.remote_code} --threads {threads} --out {output} > {log} 2>&1"
+        " --dtype {params.dtype} {params.remote_code} {params.parser} --threads {threads} --out {output} > {log} 2>&1"

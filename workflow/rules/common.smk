@@ -84,8 +84,26 @@ def data_file(dataset, name):
     return f"{RESULTS}/data/{dataset}/{name}"
 
 
-def vision_cache(dataset):
-    return f"{RESULTS}/features/{dataset}/vision.safetensors"
+def default_preprocessing():
+    return MODEL.get("image_preprocessing", "pad")
+
+
+def setting_preprocessing(setting):
+    """A setting's image preprocessing: its own key, else the model's (config `model.image_preprocessing`)."""
+    return config["settings"][setting].get("image_preprocessing", default_preprocessing())
+
+
+def vision_cache(dataset, preprocessing=None):
+    """X_v of a dataset under one image preprocessing. The model's own preprocessing keeps the plain
+    name, so that configs without per-setting preprocessing keep their paths."""
+    preprocessing = preprocessing or default_preprocessing()
+    if preprocessing == default_preprocessing():
+        return f"{RESULTS}/features/{dataset}/vision.safetensors"
+    return f"{RESULTS}/features/{dataset}/vision_{preprocessing}.safetensors"
+
+
+def setting_vision_cache(wildcards):
+    return vision_cache(wildcards.dataset, setting_preprocessing(wildcards.setting))
 
 
 def predictions(dataset, setting, seed, mode):

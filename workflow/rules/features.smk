@@ -1,7 +1,10 @@
-# X_v once per dataset (the vision tower is frozen in every setting), then pooled pre/post-projection
-# vectors per model from that cache: only the projector runs, no LLM weights are read.
+# X_v once per dataset and image preprocessing (the vision tower is frozen in every setting), then
+# pooled pre/post-projection vectors per model from that cache: only the projector runs, no LLM
+# weights are read.
 
 
+# Two rules, one command: the model's own preprocessing (vision.safetensors, used by most configs)
+# and any other one that a setting asks for (vision_{preprocessing}.safetensors).
 rule extract_vision_features:
     input:
         manifest=rules.prepare_dataset.output.manifest,
@@ -9,7 +12,7 @@ rule extract_vision_features:
         f"{RESULTS}/features/{{dataset}}/vision.safetensors",
     params:
         vision=as_json(vision_spec()),
-        preprocessing=MODEL.get("image_preprocessing", "pad"),
+        preprocessing=default_preprocessing(),
         batch_size=config.get("features", {}).get("batch_size", 32),
         num_workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
@@ -28,10 +31,25 @@ rule extract_vision_features:
         " --out {output} > {log} 2>&1"
 
 
+use rule extract_vision_features as extract_vision_features_variant with:
+    output:
+        f"{RESULTS}/features/{{dataset}}/vision_{{preprocessing}}.safetensors",
+    params:
+        vision=as_json(vision_spec()),
+        preprocessing=lambda wc: wc.preprocessing,
+        batch_size=config.get("features", {}).get("batch_size", 32),
+        num_workers=config.get("features", {}).get("num_workers", 0),
+        device=MODEL.get("device", "cpu"),
+    wildcard_constraints:
+        preprocessing="pad|square",
+    log:
+        log_path("extract_vision_features", "{dataset}_{preprocessing}"),
+
+
 rule extract_features:
     input:
         model=model_spec,
-        cache=rules.extract_vision_features.output,
+        cache=setting_vision_cache,
         manifest=rules.prepare_dataset.output.manifest,
         classes=rules.prepare_dataset.output.classes,
     output:

@@ -18,7 +18,7 @@ rule finetune:
     input:
         base=f"{RESULTS}/models/base/facade.json",
         prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
-        cache=f"{RESULTS}/features/{{dataset}}/vision.safetensors",
+        cache=setting_vision_cache,
     output:
         f"{RESULTS}/models/{{dataset}}/{{setting}}/seed{{seed}}/facade.json",
     params:

@@ -6,7 +6,9 @@ def probe_args(kind):
     args = (f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
             f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
             f" --val-source {p['val_source']}")
-    return args + (" --standardize" if p.get("standardize") else "")
+    # Flags only when set, so that configs without these keys keep their params (and their results).
+    args += " --standardize" if p.get("standardize") else ""
+    return args + ("" if p.get("restore_best", True) else " --last-epoch")
 
 
 rule train_probe_post:

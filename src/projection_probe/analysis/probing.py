@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 PROBE_COLUMNS = ["dataset", "setting", "seed", "analysis", "family", "representation", "pooling", "layer", "task",
                  "macro_f1", "accuracy", "n_train", "n_test"]
-MLP_KEYS = ("hidden", "lr", "batch_size", "max_epochs", "patience", "val_fraction", "val_source", "standardize")
+MLP_KEYS = ("hidden", "lr", "batch_size", "max_epochs", "patience", "val_fraction", "val_source", "standardize",
+            "restore_best")
 
 
 def score(y_true, y_pred) -> dict:

@@ -23,6 +23,18 @@ def run_random_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def candidate_classes(classes: list[str], test_labels, label_set: str) -> list[str]:
+    """The classes CLIP's softmax runs over. ``pinned``: the dataset's whole class list; ``test``: only
+    the classes that occur in the test split (in pinned order), as the authors' pipeline, which took
+    the test set's unique labels."""
+    if label_set == "pinned":
+        return list(classes)
+    if label_set == "test":
+        present = set(test_labels)
+        return [c for c in classes if c in present]
+    raise ValueError(f"label_set={label_set!r}: use pinned or test")
+
+
 def run_clip_zero_shot(args: argparse.Namespace) -> int:
     from projection_probe.baselines.random_baseline import read_classes_file, read_test_split
     from projection_probe.baselines.zero_shot import clip_zero_shot_predictions
@@ -30,8 +42,9 @@ def run_clip_zero_shot(args: argparse.Namespace) -> int:
 
     classes = read_classes_file(args.classes)
     test = read_test_split(args.manifest, classes)
+    candidates = candidate_classes(classes, test["label"], args.label_set)
     frame, _ = clip_zero_shot_predictions(
-        test, classes, args.model,
+        test, candidates, args.model,
         templates=args.template or [DEFAULT_TEMPLATE],
         lowercase_labels=args.lowercase_labels,
         image_preprocessing=args.image_preprocessing,
@@ -63,6 +76,9 @@ def register(subparsers) -> None:
                    help="lowercase the labels in the text prompts (the authors' pipeline did)")
     p.add_argument("--image-preprocessing", choices=["square", "pad"], default="square",
                    help="square = resize + centre-crop (CLIP's processor); pad = LLaVA's expand2square first")
+    p.add_argument("--label-set", choices=["pinned", "test"], default="pinned",
+                   help="pinned = every class of the dataset (default); test = only the classes in the test "
+                        "split (the authors)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
     p.add_argument("--device", default="auto", help="torch device, or auto (cuda when present)")

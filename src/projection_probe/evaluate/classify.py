@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from projection_probe.evaluate.parse import parse_label
+from projection_probe.evaluate.parse import PARSERS, read_answer
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,15 @@ MODES = ("generate", "constrained", "likelihood")
 
 def classify_records(facade, records: list[dict], cache, classes: list[str], mode: str = "generate",
                      batch_size: int = 16, max_new_tokens: int = 16, stop_at_newline: bool = True,
-                     temperature: float = 0.0, seed: int = 0) -> pd.DataFrame:
+                     temperature: float = 0.0, seed: int = 0, parser: str = "substring") -> pd.DataFrame:
     if mode not in MODES:
         raise InputError(f"classify.mode: unknown value {mode!r}; use one of {MODES}")
+    if parser not in PARSERS:
+        raise InputError(f"classify.parser: unknown value {parser!r}; use one of {PARSERS}")
+    if cache.image_preprocessing and cache.image_preprocessing != facade.image_preprocessing:
+        log.warning("the vision cache was built with %r preprocessing but the model expects %r; the workflow "
+                    "pairs them per setting (settings.<name>.image_preprocessing)",
+                    cache.image_preprocessing, facade.image_preprocessing)
     generator = torch.Generator().manual_seed(seed)
     eos_strings = tuple(s for s in (facade.tokenizer.eos_token, "</s>", "<|im_end|>", "<|endoftext|>") if s)
     rows = []
@@ -40,7 +46,7 @@ def classify_records(facade, records: list[dict], cache, classes: list[str], mod
         if mode == "generate":
             raws = facade.generate(inputs, x_v, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
                                    temperature=temperature, generator=generator)
-            parsed = [parse_label(raw, classes, eos_strings) for raw in raws]
+            parsed = [read_answer(raw, classes, parser, eos_strings) for raw in raws]
         elif mode == "constrained":
             raws = facade.constrained_generate(inputs, x_v, classes)
             parsed = [raw or None for raw in raws]

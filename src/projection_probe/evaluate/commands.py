@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 MODES = ("generate", "constrained", "likelihood")
+# Duplicated from evaluate.parse so that building the CLI imports nothing heavy; a test keeps them equal.
+PARSERS = ("substring", "exact")
 
 
 def run_classify(args) -> None:
@@ -23,7 +25,8 @@ def run_classify(args) -> None:
     records = test_records(args.prompts)
     frame = classify_records(facade, records, load_vision_cache(args.vision_cache), classes, mode=args.mode,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                             stop_at_newline=args.stop_at_newline, temperature=args.temperature, seed=args.seed)
+                             stop_at_newline=args.stop_at_newline, temperature=args.temperature, seed=args.seed,
+                             parser=args.parser)
     write_csv(args.out, frame)
 
 
@@ -39,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--stop-at-newline", action="store_true", default=True)
     p.add_argument("--no-stop-at-newline", dest="stop_at_newline", action="store_false")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); the authors used 0.2")
+    p.add_argument("--parser", choices=PARSERS, default="substring",
+                   help="generate mode: substring = the documented parser (default); exact = no parser, the "
+                        "answer must equal a class string (the authors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -13,6 +13,11 @@ from projection_probe.io import InputError
 
 DEFAULT_EOS_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
 
+# "substring": the documented rule of :func:`parse_label`. "exact": no parser, as the authors, who
+# compared outputs as they were: the answer (cut at EOS, outer whitespace stripped) must be a class
+# string, spelled exactly as pinned.
+PARSERS: tuple[str, ...] = ("substring", "exact")
+
 # Straight and typographic quotes, plus backticks: models wrap labels in all of them because the
 # prompt lists the classes in double quotes.
 QUOTE_CHARACTERS = "\"'`\u201c\u201d\u2018\u2019"
@@ -66,6 +71,31 @@ def class_lookup(classes: Sequence[str]) -> dict[str, str]:
                              f"rename one of them in the config")
         lookup[key] = c
     return lookup
+
+
+def parse_exact(raw: str | None, classes: Sequence[str],
+                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str | None:
+    """The class that ``raw`` is, character for character after cutting at the first EOS string and
+    stripping outer whitespace, or None: the authors' reading, with no parser."""
+    class_lookup(classes)  # the same checks on the class list as the parser
+    if raw is None:
+        return None
+    text = str(raw)
+    for eos in eos_strings:
+        if eos:
+            text = text.split(eos, 1)[0]
+    text = text.strip()
+    return text if text in set(classes) else None
+
+
+def read_answer(raw: str | None, classes: Sequence[str], parser: str = "substring",
+                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str | None:
+    """Dispatch to the configured answer reader (config `classify.parser`)."""
+    if parser == "substring":
+        return parse_label(raw, classes, eos_strings)
+    if parser == "exact":
+        return parse_exact(raw, classes, eos_strings)
+    raise InputError(f"classify.parser: unknown value {parser!r}; use one of {PARSERS}")
 
 
 def parse_label(raw: str | None, classes: Sequence[str],

@@ -26,6 +26,7 @@ class VisionCache:
     x_v: torch.Tensor  # N_img×N_patch×D_v
     pooled: torch.Tensor  # N_img×D_v: the encoder's own pooled vector
     image_paths: list[str]
+    image_preprocessing: str | None = None  # from the file's metadata; None for caches that lack it
 
     def __post_init__(self):
         self.row_of = {p: i for i, p in enumerate(self.image_paths)}
@@ -49,7 +50,8 @@ def load_vision_cache(path: str | Path) -> VisionCache:
         meta = f.metadata() or {}
     if "x_v" not in tensors or "image_paths" not in meta:
         raise InputError(f"{path}: not a vision-feature cache (needs tensor x_v and metadata image_paths)")
-    return VisionCache(tensors["x_v"], tensors["pooled"], json.loads(meta["image_paths"]))
+    return VisionCache(tensors["x_v"], tensors["pooled"], json.loads(meta["image_paths"]),
+                       meta.get("image_preprocessing"))
 
 
 class _ImageDataset(Dataset):

@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--val-source", choices=("split", "test"), default="split",
                    help="split = stratified part of train (the paper); test = the test set (authors' code; leaks)")
     p.add_argument("--standardize", action="store_true", help="z-score features with the fit rows' statistics")
+    p.add_argument("--last-epoch", action="store_true",
+                   help="keep the last epoch's weights instead of restoring the best epoch's (the authors' probe)")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
@@ -127,7 +129,7 @@ def run_train_probe(args) -> int:
         x_train, y_train, x_test, y_test, args.hidden, n_classes=len(classes), lr=args.lr,
         batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
         val_fraction=args.val_fraction, val_source=args.val_source, seed=args.seed,
-        standardize=args.standardize, device=device)
+        standardize=args.standardize, restore_best=not args.last_epoch, device=device)
 
     predicted = [classes[i] for i in result.predictions]
     truth = [classes[i] for i in y_test.tolist()]
@@ -143,7 +145,7 @@ def run_train_probe(args) -> int:
         "stratified_split": result.stratified, "hidden": args.hidden, "in_dim": int(x_train.shape[1]),
         "n_classes": len(classes), "n_parameters": result.model.n_parameters(), "lr": args.lr,
         "batch_size": args.batch_size, "max_epochs": args.max_epochs, "patience": args.patience,
-        "standardize": args.standardize, "seed": args.seed, "device": str(device),
+        "standardize": args.standardize, "restore_best": not args.last_epoch, "seed": args.seed, "device": str(device),
         "train_features": str(args.train), "test_features": str(args.test), "history": result.history,
     }
     write_csv(args.out_predictions, frame)

@@ -171,7 +171,8 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu
 def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classes: int | None = None,
                 lr: float = 1e-4, batch_size: int = 128, max_epochs: int = 200, patience: int = 10,
                 val_fraction: float = 0.1, val_source: str = "split", seed: int = 0,
-                standardize: bool = False, device: str | torch.device = "cpu") -> ProbeResult:
+                standardize: bool = False, restore_best: bool = True,
+                device: str | torch.device = "cpu") -> ProbeResult:
     """Train an :class:`MLPProbe` and predict the test rows.
 
     ``n_classes`` defaults to ``max(label) + 1`` over train and test; pass the length of the class
@@ -179,7 +180,9 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
     feature with the statistics of the rows the optimiser fits (never validation or test rows).
     Early stopping: an epoch counts as better only when its validation loss is strictly lower than
     the best so far; training stops after ``patience`` epochs without improvement or at
-    ``max_epochs``, and the best epoch's weights are restored.
+    ``max_epochs``, and the best epoch's weights are restored. ``restore_best=False`` keeps the
+    last epoch's weights instead (the authors' probe: a fixed number of epochs, the last one kept);
+    ``best_epoch``/``best_val_loss`` then describe that last epoch.
     """
     if val_source not in VAL_SOURCES:
         raise InputError(f"val_source={val_source!r}: must be one of {VAL_SOURCES}")
@@ -249,10 +252,13 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
             bad_epochs += 1
             if bad_epochs >= patience:
                 break
-    if best_state is None:  # every validation loss was NaN: keep the last weights, say so
+    if not restore_best:
+        best_epoch, best_loss = len(history), history[-1]["val_loss"]
+    elif best_state is None:  # every validation loss was NaN: keep the last weights, say so
         log.warning("validation loss never finite; keeping the last epoch's weights")
-        best_epoch, best_state = len(history), copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+        best_epoch = len(history)
+    else:
+        model.load_state_dict(best_state)
     model.eval()
     log.info("probe: %d epochs, best epoch %d (val loss %.4f), %d fit / %d val / %d test rows",
              len(history), best_epoch, best_loss, x_fit.shape[0], x_val.shape[0], xte.shape[0])

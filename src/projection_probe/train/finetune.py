@@ -403,6 +403,10 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
                                             lm_dtype=torch.bfloat16 if bf16 else None))
             # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
             # evaluation keeps the base's conversation template, as the authors' cli.py did.
+            # The images this model was trained on were preprocessed this way (a setting may differ from
+            # the base: the authors' FT-Proj used `square`), so its evaluation and probes use it too.
+            if cache.image_preprocessing:
+                spec["image_preprocessing"] = cache.image_preprocessing
             spec["training"] = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
             spec["training"].update(lr=lr, effective_batch=effective_batch, seed=seed, epochs=epochs)
             write_json(tmp / FACADE_FILE, spec)
