@@ -141,6 +141,26 @@ def test_loss_is_finite_and_only_counts_answers(facade):
     assert n_answer == sum(len(facade.answer_token_ids(a)) for a in ["dotted", "banded"])
 
 
+def test_answer_only_loss_equals_the_full_logits_loss_and_its_gradients(facade):
+    """The loss computes the LM head only where an answer token is predicted; value and gradients
+    must equal the LM's own loss over full logits (rows with different prompt lengths, right-padded)."""
+    pixels = facade.vision.preprocess_images(random_images(3, seed=5), "pad")
+    x_v = facade.encode_images(pixels)
+    prompts = [PROMPT, PROMPT.replace("textures", "surface textures of fabrics"), PROMPT]
+    inputs = facade.build_inputs(prompts, answers=["dotted", "banded", "striped and banded"])
+    facade.zero_grad()
+    ours = facade.loss(inputs, x_v)
+    ours.backward()
+    grads = {n: p.grad.clone() for n, p in facade.named_parameters() if p.grad is not None}
+    facade.zero_grad()
+    out, _ = facade._lm_forward(inputs, x_v, labels=inputs.labels)
+    out.loss.backward()
+    assert ours.item() == pytest.approx(out.loss.item(), rel=1e-5, abs=1e-6)
+    assert grads and all(torch.allclose(grads[n], p.grad, atol=1e-5, rtol=1e-4)
+                         for n, p in facade.named_parameters() if p.grad is not None)
+    facade.zero_grad()
+
+
 def test_pooled_features_need_no_language_model(tiny_llava, tmp_path):
     path = tiny_llava[0]
     vision, projector, _ = load_llava_hf_vision_and_projector(path)

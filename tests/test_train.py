@@ -395,3 +395,34 @@ def test_imagenet_head_on_cached_patches_equals_the_network():
     # Through the fp16 cache the class is the same.
     assert imagenet_top1_captions(encoder, x_v.half().float()) == ["a photo of a Egyptian Mau"]
     assert int(direct.argmax()) == 285
+
+
+def test_efficientnet_token_grid_pools_the_map_and_keeps_the_exact_pooled_vector():
+    """`model.vision.grid: 4`: 16 image tokens averaged from the 7×7 map; the pooled vector (Table 3's
+    input, and the align captions' ImageNet head input) stays the network's own global average."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from projection_probe.models.loaders import build_vision
+    from projection_probe.models.vision import EfficientNetLiteEncoder
+    from projection_probe.train.align import imagenet_logits_from_patches
+
+    full, coarse = EfficientNetLiteEncoder(), build_vision({"kind": "efficientnet_lite0", "grid": 4})
+    coarse.network = full.network  # same weights, loaded once
+    pixels = full.preprocess_images([Image.fromarray(skimage_data.chelsea())], "pad")
+    with torch.no_grad():
+        x_full, x_coarse = full(pixels), coarse(pixels)
+        fmap = full.network.extract_features(pixels)
+        pooled_full, pooled_coarse = full.pooled(pixels), coarse.pooled(pixels)
+    assert coarse.num_patches == 16 and x_coarse.shape == (1, 16, 1280) and x_full.shape == (1, 49, 1280)
+    # Token (0, 0) of the 4×4 grid is the mean of the map's rows 0-1 and columns 0-1 (adaptive pooling).
+    assert torch.allclose(x_coarse[0, 0], fmap[0, :, 0:2, 0:2].mean(dim=(1, 2)), atol=1e-6)
+    assert torch.allclose(pooled_coarse, pooled_full, atol=1e-6)
+    assert torch.allclose(pooled_full, x_full.mean(dim=1), atol=1e-5)
+    with torch.no_grad():
+        tokens_once, pooled_once = coarse.encode_with_pooled(pixels)  # one pass for the cache
+    assert torch.equal(tokens_once, x_coarse) and torch.allclose(pooled_once, pooled_coarse, atol=1e-6)
+    assert int(imagenet_logits_from_patches(coarse, pooled_coarse.unsqueeze(1)).argmax()) == 285
+    with pytest.raises(InputError, match="model.vision.grid"):
+        EfficientNetLiteEncoder(network=full.network, grid=8)

@@ -55,7 +55,9 @@ else:
         # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
         resources:
             gpu=1,
-        threads: THREADS
+        # Every model job waits for the base model, so alignment runs nearly alone: give it all the
+        # cores Snakemake has, up to 16 (Slurm: set-threads replaces this).
+        threads: max(THREADS, min(workflow.cores or 1, 16))
         conda:
             CONDA_ENV
         log:

@@ -77,8 +77,8 @@ def build_vision_cache(vision, image_paths: list[str], out_path: str | Path, ima
     with torch.inference_mode():
         for pixels in tqdm(loader, desc="vision features", unit="batch"):
             pixels = pixels.to(device)
-            x_v = vision(pixels)
+            x_v, pooled = vision.encode_with_pooled(pixels)
             x_chunks.append(x_v.to("cpu", dtype))
-            pooled_chunks.append(vision.pooled(pixels).to("cpu", dtype))
+            pooled_chunks.append(pooled.to("cpu", dtype))
     save_safetensors(out_path, {"x_v": torch.cat(x_chunks), "pooled": torch.cat(pooled_chunks)},
                      metadata={"image_paths": json.dumps(image_paths), "image_preprocessing": image_preprocessing})

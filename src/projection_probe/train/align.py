@@ -135,7 +135,8 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
         if not paths:
             raise InputError(f"{manifest}: no train rows")
         if caption_source == "imagenet_top1":
-            captions = imagenet_top1_captions(vision, cache.select(paths).float())
+            # The cached pooled vector is the network's own global average (exact at any token grid).
+            captions = imagenet_top1_captions(vision, cache.pooled[cache.rows(paths)].float().unsqueeze(1))
         else:
             captions = [FIXED_CAPTION] * len(paths)
         # Stratify the subset by source data set only: the target labels stay out of alignment.
