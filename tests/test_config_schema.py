@@ -142,12 +142,12 @@ def dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
 
 def test_dry_run_plans_jobs_for_a_valid_changed_config(tmp_path):
     """The positive control for the test below: same command, valid config, reaches job planning."""
-    result = dry_run(tmp_path, with_change(("seeds",), [0]))
+    result = dry_run(tmp_path, with_change(("seeds",), [0, 1, 2]))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "Building DAG of jobs" in output and "Job stats" in output, output[-3000:]
-    # One seed: 2 datasets x 1 seed prompts files (the demo's two seeds would give 4).
-    assert re.search(r"^build_prompts\s+2$", output, re.MULTILINE), output[-3000:]
+    # Three seeds: 2 datasets x 3 seeds prompts files (the demo's one seed would give 2).
+    assert re.search(r"^build_prompts\s+6$", output, re.MULTILINE), output[-3000:]
 
 
 def test_dry_run_with_bad_config_fails_naming_the_key_before_planning(tmp_path):

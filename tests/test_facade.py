@@ -189,3 +189,11 @@ def test_load_facade_from_spec_with_base_pointer(tiny_llava, tmp_path):
     for a, b in zip(reloaded.projector.parameters(), facade.projector.parameters()):
         assert torch.equal(a, b)
     assert reloaded.language_model is None
+
+
+@pytest.mark.parametrize("text, ended", [(" \n", False), ("\n\n", False), (" coat", False), (" coat\n", True),
+                                         ("\n coat\nmore", True), ("coat \n", True)])
+def test_newline_stops_only_after_the_answer_began(text, ended):
+    from projection_probe.models.facade import answer_line_ended
+
+    assert answer_line_ended(text) is ended

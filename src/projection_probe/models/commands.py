@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("build-base-model", help="the Original MLLM from a llava-hf checkpoint")
     p.add_argument("--llava-hf", required=True, help="local llava-hf checkpoint folder")
-    p.add_argument("--template", default="v1", choices=["v1", "plain", "llava_hf"])
+    p.add_argument("--template", default="v1", choices=["v1", "plain", "llava_hf", "chatml"])
     p.add_argument("--image-preprocessing", default="pad", choices=["pad", "square"])
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_build_base_model)

@@ -31,6 +31,13 @@ class ModelInputs:
                              (self.input_ids, self.attention_mask, self.image_mask, self.labels)))
 
 
+def answer_line_ended(text: str) -> bool:
+    """True once the generated text holds a newline after some non-whitespace: a newline ends the
+    answer only once the answer has begun, so a model that opens with a blank line (SmolLM2 after
+    "ASSISTANT:") still gets to say its label. The parser likewise reads the first non-empty line."""
+    return "\n" in text.lstrip()
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding must not shift positions: each row counts from its first real token.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -219,7 +226,7 @@ class MultimodalLM(nn.Module):
                  generator: torch.Generator | None = None) -> list[str]:
         """Decoding of a left-padded batch: greedy by default, or sampling at `temperature` (the
         authors' 0.2) with a seeded `generator`. Each row stops at EOS or, optionally, at the first
-        newline. Returns the decoded new text per row (EOS not included)."""
+        newline after some non-whitespace text. Returns the decoded new text per row (EOS not included)."""
         tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)
         return [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
 
@@ -247,7 +254,7 @@ class MultimodalLM(nn.Module):
                     done[row] = True
                     continue
                 generated[row].append(tok)
-                if stop_at_newline and "\n" in self.tokenizer.decode(generated[row][-1:]):
+                if stop_at_newline and answer_line_ended(self.tokenizer.decode(generated[row])):
                     done[row] = True
             if bool(done.all()) or step == max_new_tokens - 1:
                 break

@@ -6,6 +6,10 @@ scoring all see exactly the same tokens whichever tokenizer is used.
 - `plain`: LLaVA's `--version plain` (the authors' `pretrain.sh`): the whole human turn is replaced by
   the image, and the answer ends with a newline (no EOS).
 - `llava_hf`: the transformers port's chat template, `USER: <image>\n{text} ASSISTANT:`, no system prompt.
+- `chatml`: the ChatML turns of SmolLM2-Instruct and other ChatML-trained LMs (the demo's LM), without a
+  system turn: `<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n`, the answer closed by
+  the tokenizer's EOS string (`<|im_end|>` there). An instruction-tuned LM answers in the format it
+  was tuned on, as LLaVA's Vicuna does in `v1`.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ TEMPLATES = {
     "v1": ConversationTemplate("v1", LLAVA_V1_SYSTEM + " USER: {human} ASSISTANT:", " {answer}{eos}"),
     "plain": ConversationTemplate("plain", "{human}", "{answer}\n", keeps_human_text=False),
     "llava_hf": ConversationTemplate("llava_hf", "USER: {human} ASSISTANT:", " {answer}{eos}"),
+    "chatml": ConversationTemplate("chatml", "<|im_start|>user\n{human}<|im_end|>\n<|im_start|>assistant\n",
+                                   "{answer}{eos}"),
 }
 
 

@@ -103,7 +103,7 @@ def register(subparsers) -> None:
     _add_schedule_args(p, lr_default=None)
     p.add_argument("--lr-scheduler", default="cosine")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--template", default=None, choices=["v1", "plain", "llava_hf"],
+    p.add_argument("--template", default=None, choices=["v1", "plain", "llava_hf", "chatml"],
                    help="override the base model's conversation template (plain = the authors' pretrain.sh)")
     p.add_argument("--lora-r", type=int, default=128)
     p.add_argument("--lora-alpha", type=int, default=256)
@@ -126,9 +126,9 @@ def register(subparsers) -> None:
     p.add_argument("--manifests", nargs="+", required=True,
                    help="manifest.csv of each data set, in the order of --vision-caches (selects the train split)")
     p.add_argument("--caption-source", default="imagenet_top1", choices=["imagenet_top1", "none-fixed"])
-    p.add_argument("--template", default="plain", choices=["plain", "v1", "llava_hf"],
+    p.add_argument("--template", default="plain", choices=["plain", "v1", "llava_hf", "chatml"],
                    help="template used for alignment (LLaVA stage 1: plain)")
-    p.add_argument("--output-template", default="v1", choices=["v1", "plain", "llava_hf"],
+    p.add_argument("--output-template", default="v1", choices=["v1", "plain", "llava_hf", "chatml"],
                    help="template recorded in the base model's facade.json for later fine-tuning and evaluation")
     p.add_argument("--projector", default="mlp2x_gelu", choices=["mlp2x_gelu", "linear"])
     _add_schedule_args(p, lr_default=1e-3)
