@@ -101,7 +101,9 @@ def test_default_template_matches():
     assert commands.DEFAULT_TEMPLATE == zero_shot.DEFAULT_TEMPLATE == "This is a photo of {}."
 
 
-def test_clip_zero_shot_cli_end_to_end(dataset, clip_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def text_feature_calls(monkeypatch):
+    """The batch size of every CLIPModel.get_text_features call: each label text is encoded once."""
     from transformers import CLIPModel
 
     calls = []
@@ -112,6 +114,11 @@ def test_clip_zero_shot_cli_end_to_end(dataset, clip_dir, tmp_path, monkeypatch)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(CLIPModel, "get_text_features", counting)
+    return calls
+
+
+def test_clip_zero_shot_cli_end_to_end(dataset, clip_dir, tmp_path, text_feature_calls):
+    calls = text_feature_calls
     manifest, classes = dataset
     out = tmp_path / "preds" / "clip.csv"
     assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes),
@@ -204,11 +211,9 @@ def test_bad_template_and_missing_model(dataset, clip_dir, tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_label_set_test_drops_classes_without_test_images(dataset, clip_dir, tmp_path, monkeypatch):
+def test_label_set_test_drops_classes_without_test_images(dataset, clip_dir, tmp_path, text_feature_calls):
     """`--label-set test` (the authors' pipeline): CLIP's softmax runs only over the classes that occur
     in the test split, so a train-only class can never be predicted."""
-    from transformers import CLIPModel
-
     from projection_probe.baselines.commands import candidate_classes
 
     assert candidate_classes(CLASSES, ["shirt", "Cat", "shirt"], "test") == ["Cat", "shirt"]  # pinned order
@@ -217,14 +222,7 @@ def test_label_set_test_drops_classes_without_test_images(dataset, clip_dir, tmp
     frame = pd.read_csv(manifest)
     frame = frame[~((frame["split"] == "test") & (frame["label"] == "dog"))]  # "dog" is now train-only
     frame.to_csv(manifest, index=False)
-    calls = []
-    original = CLIPModel.get_text_features
-
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(CLIPModel, "get_text_features", counting)
+    calls = text_feature_calls
     out = tmp_path / "clip_test_labels.csv"
     assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--model",
                  str(clip_dir), "--label-set", "test", "--device", "cpu", "--out", str(out)]) == 0
