@@ -30,10 +30,10 @@ def classify_records(facade, records: list[dict], cache, classes: list[str], mod
         raise InputError(f"classify.mode: unknown value {mode!r}; use one of {MODES}")
     if parser not in PARSERS:
         raise InputError(f"classify.parser: unknown value {parser!r}; use one of {PARSERS}")
-    if cache.image_preprocessing and cache.image_preprocessing != facade.image_preprocessing:
+    cache_mode, model_mode = getattr(cache, "image_preprocessing", None), getattr(facade, "image_preprocessing", None)
+    if cache_mode and model_mode and cache_mode != model_mode:
         log.warning("the vision cache was built with %r preprocessing but the model expects %r; the workflow "
-                    "pairs them per setting (settings.<name>.image_preprocessing)",
-                    cache.image_preprocessing, facade.image_preprocessing)
+                    "pairs them per setting (settings.<name>.image_preprocessing)", cache_mode, model_mode)
     generator = torch.Generator().manual_seed(seed)
     eos_strings = tuple(s for s in (facade.tokenizer.eos_token, "</s>", "<|im_end|>", "<|endoftext|>") if s)
     rows = []
