@@ -55,9 +55,10 @@ else:
         # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
         resources:
             gpu=1,
-        # Every model job waits for the base model, so alignment runs nearly alone: give it all the
-        # cores Snakemake has, up to 16 (Slurm: set-threads replaces this).
-        threads: max(THREADS, min(workflow.cores or 1, 16))
+        # Every model job waits for the base model, so alignment runs nearly alone and may take more
+        # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
+        # Not derived from --cores: an executor run (Slurm) has no total core count.
+        threads: int(config.get("resources", {}).get("align_threads", THREADS))
         conda:
             CONDA_ENV
         log:
