@@ -107,7 +107,7 @@ class EfficientNetLiteEncoder(VisionEncoder):
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The network's own global average of the full 7×7 map (what its ImageNet head sees), whatever
         the token grid."""
-        return self.network.extract_features(pixel_values).mean(dim=(2, 3))
+        return self.encode_with_pooled(pixel_values)[1]
 
     def encode_with_pooled(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.network.extract_features(pixel_values)
