@@ -13,6 +13,11 @@ One process, one model, the same N test images. Four runs of `classify_records`:
 For each: images/s, the ratio to `free`, the invalid rate, and the agreement with `free` on the
 images where `free` gave a valid class. The issue's targets are checked and printed as PASS/FAIL.
 
+A fifth, reference row, `prefill only`, times the batched prompt prefill alone (last-position logits,
+no decoding, no label continuations). Every mode has to read the whole prompt once per image, so
+`free` seconds / `prefill only` seconds is the largest speed-up any batched mode can reach on this
+machine with this prompt; it says whether a missed target is the code's fault or the hardware's.
+
 Run it in the workflow's working directory: image paths in the prompts and the cache are relative
 to it. See benchmarks/README.md.
 """
@@ -106,11 +111,23 @@ def main(argv=None) -> int:
     for name, kw in runs.items():
         classify(name, records[:kw["batch_size"]])
 
+    def prefill_only(subset):
+        with torch.inference_mode():
+            for start in range(0, len(subset), args.batch_size):
+                batch = subset[start:start + args.batch_size]
+                x_v = cache.select([r["image"] for r in batch]).float()
+                facade._prefill(facade.build_inputs([r["conversations"][0]["value"] for r in batch]), x_v)
+
+    prefill_only(records[:args.batch_size])
+
     frames, seconds, all_times = {}, {}, {}
     for name in runs:
         repeats = 1 if name == "free" else args.repeats
         frames[name], seconds[name], all_times[name] = timed(lambda n=name: classify(n, records), repeats)
         print(f"{name:12s} {len(records) / seconds[name]:8.2f} images/s  ({seconds[name]:.1f} s)", flush=True)
+
+    _, prefill_seconds, prefill_all = timed(lambda: prefill_only(records), args.repeats)
+    print(f"{'prefill only':12s} {len(records) / prefill_seconds:8.2f} images/s  ({prefill_seconds:.1f} s)", flush=True)
 
     n = len(records)
     free = frames["free"]
@@ -148,6 +165,9 @@ def main(argv=None) -> int:
                   "one image per process",
                   "warm-up: one untimed batch of every run before timing"],
         "results": results,
+        "prefill_only": {"batch_size": args.batch_size, "seconds": prefill_seconds, "seconds_all": prefill_all,
+                         "images_per_s": n / prefill_seconds,
+                         "max_speedup_vs_free": seconds["free"] / prefill_seconds},
         "checks": checks,
     }
     write_json(args.out_json, summary)
@@ -157,6 +177,7 @@ def main(argv=None) -> int:
         agree = "n/a" if r["agreement_with_free"] is None else f"{r['agreement_with_free']:.3f}"
         print(f"{name:12s} ×{r['speedup_vs_free']:7.2f} vs free  invalid {r['invalid_rate']:.3f}  "
               f"agreement {agree} (n={r['agreement_n']})")
+    print(f"{'prefill only':12s} ×{seconds['free'] / prefill_seconds:7.2f} vs free  (the ceiling of any batched mode)")
     for check, verdict in checks.items():
         print(f"{verdict:4s} {check}")
 
@@ -171,6 +192,8 @@ def main(argv=None) -> int:
                          "—" if r["agreement_with_free"] is None else f"{r['agreement_with_free']:.3f}",
                          "—" if target is None else f"≥×{target:g}, agree ≥{AGREEMENT_TARGET:g}",
                          " / ".join(verdicts) or "—"])
+        rows.append(["prefill only (ceiling)", args.batch_size, "0", n / prefill_seconds,
+                     f"×{seconds['free'] / prefill_seconds:.1f}", "—", "—", "—", "—"])
         table = markdown_table(["mode", "batch", "max new tokens", "images/s", "vs free", "invalid rate",
                                 "agreement with free", "target", "speed / agreement"], rows)
         write_markdown(args.markdown, f"Classification throughput ({n} images, {len(classes)} classes, "

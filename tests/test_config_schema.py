@@ -53,6 +53,16 @@ def test_demo_config_validates():
     validate(demo_config(), str(SCHEMA))
 
 
+@pytest.mark.parametrize("overlay", ["analyses.yaml", "longer_finetunes.yaml"])
+def test_demo_config_with_each_shipped_overlay_validates(overlay):
+    """The overlays are given after config.yaml; Snakemake merges nested mappings key by key."""
+    from snakemake.utils import update_config
+
+    config = demo_config()
+    update_config(config, yaml.safe_load((REPO / "config" / overlay).read_text()))
+    validate(config, str(SCHEMA))
+
+
 def test_micro_config_validates():
     validate(micro_config(Path("/tmp/x")), str(SCHEMA))
 

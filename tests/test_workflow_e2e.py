@@ -170,3 +170,33 @@ def test_adding_a_dataset_runs_only_its_jobs(micro_run):
     config["datasets"]["digits5"] = extra
     jobs = dry_run_jobs(micro_run, config)
     assert jobs and all(w.get("dataset") == "digits5" for rule, w in jobs if rule not in DOWNSTREAM_OF_ALL)
+
+
+def test_cpu_benchmarks_run_on_the_workflow_outputs(micro_run, tmp_path):
+    """The issue-6 benchmark scripts run as documented in benchmarks/README.md, on the micro run's
+    own artefacts, and report every row (their speed targets are checked in the benchmark, not here)."""
+    import json
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    data = "results/data/digits"
+    classify = run([sys.executable, str(bench / "bench_classify.py"), "--model", "results/models/base",
+                    "--prompts", f"{data}/prompts_seed0.jsonl", "--vision-cache", "results/features/digits/vision.safetensors",
+                    "--classes", f"{data}/classes.json", "--n-images", "4", "--batch-size", "2", "--threads", "1",
+                    "--free-max-new-tokens", "4", "--out-json", str(tmp_path / "classify.json"),
+                    "--markdown", str(tmp_path / "classify.md")], cwd=micro_run)
+    assert classify.returncode == 0, classify.stdout[-2000:] + classify.stderr[-2000:]
+    summary = json.loads((tmp_path / "classify.json").read_text())
+    assert set(summary["results"]) == {"free", "generate", "constrained", "likelihood"}
+    assert all(r["images_per_s"] > 0 for r in summary["results"].values())
+    assert summary["prefill_only"]["max_speedup_vs_free"] > 0
+    # Constrained and likelihood read a class string, so they are never invalid.
+    assert summary["results"]["constrained"]["invalid_rate"] == 0
+    assert summary["results"]["likelihood"]["invalid_rate"] == 0
+    assert "prefill only (ceiling)" in (tmp_path / "classify.md").read_text()
+
+    extract = run([sys.executable, str(bench / "bench_extract.py"), "--model", "results/models/base",
+                   "--manifest", f"{data}/manifest.csv", "--n-images", "4", "--batch-size", "2", "--threads", "1",
+                   "--out-json", str(tmp_path / "extract.json")], cwd=micro_run)
+    assert extract.returncode == 0, extract.stdout[-2000:] + extract.stderr[-2000:]
+    assert json.loads((tmp_path / "extract.json").read_text())["results"]
