@@ -20,18 +20,23 @@ for f in results/models/base/facade.json results/data/$ds/prompts_seed0.jsonl re
 done
 PATH=$(pwd)/.venv/bin:$PATH
 rm -rf "$out" && mkdir -p "$out"
-template=$(python -c "import yaml; print(yaml.safe_load(open('config/config.yaml'))['model']['template'])")
+# Everything but the arguments comes from the demo config, so these runs differ from the demo's
+# fine-tunes only in what the arguments say.
+read -r template warmup scheduler weight_decay grad_norm cl_batch cl_tokens < <(python -c "
+import yaml; c = yaml.safe_load(open('config/config.yaml')); f = c['finetune']; k = c['classify']
+print(c['model']['template'], f['warmup_ratio'], f['lr_scheduler'], f['weight_decay'], f['max_grad_norm'],
+      k['batch_size'], k['max_new_tokens'])")
 
 start=$(date +%s)
 projection-probe finetune --base-model results/models/base --prompts results/data/$ds/prompts_seed0.jsonl \
   --vision-cache results/features/$ds/vision.safetensors --setting "$setting" --lr "$lr" \
-  --effective-batch "$batch" --per-device-batch "$batch" --epochs "$epochs" --warmup-ratio 0.03 \
-  --lr-scheduler cosine --max-grad-norm 0 --seed 0 --checkpoint-every-steps 0 --max-examples "$max_examples" \
+  --effective-batch "$batch" --per-device-batch "$batch" --epochs "$epochs" --warmup-ratio "$warmup" \
+  --lr-scheduler "$scheduler" --weight-decay "$weight_decay" --max-grad-norm "$grad_norm" --seed 0 --checkpoint-every-steps 0 --max-examples "$max_examples" \
   --template "$template" --threads "$threads" --out-dir "$out/model" > "$out/finetune.log" 2>&1
 mid=$(date +%s)
 projection-probe classify --model "$out/model" --prompts results/data/$ds/prompts_seed0.jsonl \
   --vision-cache results/features/$ds/vision.safetensors --classes results/data/$ds/classes.json --mode generate \
-  --batch-size 20 --max-new-tokens 8 --temperature 0 --seed 0 --device cpu --dtype float32 --threads "$threads" \
+  --batch-size "$cl_batch" --max-new-tokens "$cl_tokens" --temperature 0 --seed 0 --device cpu --dtype float32 --threads "$threads" \
   --out "$out/predictions.csv" > "$out/classify.log" 2>&1
 end=$(date +%s)
 
