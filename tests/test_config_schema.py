@@ -53,7 +53,7 @@ def test_demo_config_validates():
     validate(demo_config(), str(SCHEMA))
 
 
-@pytest.mark.parametrize("overlay", ["analyses.yaml", "longer_finetunes.yaml"])
+@pytest.mark.parametrize("overlay", ["analyses.yaml", "longer_finetunes.yaml", "two_seeds.yaml"])
 def test_demo_config_with_each_shipped_overlay_validates(overlay):
     """The overlays are given after config.yaml; Snakemake merges nested mappings key by key."""
     from snakemake.utils import update_config
@@ -136,7 +136,7 @@ def test_missing_required_section_is_named():
 
 # --- (c) snakemake -n stops on a bad config before planning any job -----------------------------
 
-def dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
+def dry_run(tmp_path: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
     """`snakemake -n` in the repository with `config` as --configfile. -F plans every job even when
     results/ is complete, so a valid config always prints the job table; --ignore-incomplete keeps a
     demo that is running in this checkout from failing the dry run. A dry run never executes jobs."""
@@ -146,7 +146,7 @@ def dry_run(tmp_path: Path, config: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(
         [str(bin_dir / "snakemake"), "-n", "-F", "--ignore-incomplete", "--cores", "1",
-         "--configfile", str(config_file)],
+         "--configfile", str(config_file), *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -157,6 +157,15 @@ def test_dry_run_plans_jobs_for_a_valid_changed_config(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "Building DAG of jobs" in output and "Job stats" in output, output[-3000:]
     # Three seeds: 2 datasets x 3 seeds prompts files (the demo's one seed would give 2).
+    assert re.search(r"^build_prompts\s+6$", output, re.MULTILINE), output[-3000:]
+
+
+def test_seeds_given_on_the_command_line_are_integers(tmp_path):
+    """Snakemake hands `--config 'seeds=[0,1,2]'` over as strings; the workflow must still plan three
+    seeds rather than fail validation with "'0' is not of type 'integer'"."""
+    result = dry_run(tmp_path, demo_config(), "--config", "seeds=[0,1,2]")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
     assert re.search(r"^build_prompts\s+6$", output, re.MULTILINE), output[-3000:]
 
 

@@ -5,6 +5,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+# `--config 'seeds=[0,1]'` reaches the config as ['0', '1']: Snakemake parses command-line values with
+# PyYAML's BaseLoader, which keeps every scalar a string. Digit strings become integers again so the
+# command line means what the same list in a config file means; anything else is left for the schema
+# to reject by name.
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]]
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = "results"
