@@ -18,7 +18,7 @@ RESULTS = "results"
 # For `--sdm conda`: one environment for every rule, kept in sync with pyproject.toml by a test.
 CONDA_ENV = "../../envs/projection-probe.yaml"
 DATASETS = list(config["datasets"])
-SEEDS = [int(s) for s in config["seeds"]]
+SEEDS = list(config["seeds"])
 SETTINGS = list(config["settings"])
 MODES = list(config["classify"]["modes"])
 PRIMARY_MODE = MODES[0]
