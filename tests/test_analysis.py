@@ -1,13 +1,11 @@
-"""Issue 8 analyses: similarity measures, control tasks, claims statistics, and one micro workflow
-run of the repository's own Snakefile with the analyses switched on (`study` first, then
-`analysis_all` on top, so that the analyses' extra cost is measured).
+"""The analyses beyond the paper: similarity measures, control tasks, claims statistics, and the
+session's shared micro workflow run with the analyses switched on (`analysis_run`, tests/conftest.py).
 """
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import yaml
 from projection_probe.analysis.control import control_labels
 from projection_probe.analysis.similarity import linear_cka, mutual_knn
 from projection_probe.analysis.stats import bootstrap_ci, claims_table, paired_t_p, sign_flip_p
-from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import ANALYSES, MICRO_CONFIG, snakemake_command
 
 
 # ---------------------------------------------------------------- similarity
@@ -156,11 +154,7 @@ def test_layer_states_count_pooling_and_batch_invariance(tmp_path):
 
 
 # ---------------------------------------------------------------- the micro workflow
-ANALYSES = {"enabled": True, "layerwise": {"enabled": True, "poolings": ["image_mean", "last_token"],
-                                           "batch_size": 8, "storage_dtype": "float16", "mlp": False},
-            "linear_probe": {"C": 1.0, "max_iter": 200}, "matched_probes": {"enabled": True, "mlp": True},
-            "control_tasks": True, "similarity": {"enabled": True, "knn_k": 5}, "bootstrap": 200,
-            "permutations": 10000, "confidence": 0.95}
+# `analysis_run` (tests/conftest.py) runs `study`, then `analysis_all` on top, then the report.
 
 
 def _command(workdir: Path, *extra: str, configfile: Path | None = None) -> list[str]:
@@ -168,33 +162,6 @@ def _command(workdir: Path, *extra: str, configfile: Path | None = None) -> list
     if configfile is not None:
         cmd[cmd.index("--configfile") + 1] = str(configfile)
     return cmd
-
-
-@pytest.fixture(scope="module")
-def analysis_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("analysis_micro")
-    # One dataset, Original + FT-Proj, one classification mode, two seeds: the smallest study on which
-    # every analysis (including the paired claims statistics) has something to compute.
-    workdir = make_micro_workdir(
-        root / "work", datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
-        settings={k: MICRO_CONFIG["settings"][k] for k in ("original", "ft-proj")},
-        classify={**MICRO_CONFIG["classify"], "modes": ["generate"]},
-        baselines={"random": True, "encoder_zero_shot": {"enabled": False}}, analyses=ANALYSES)
-    started = time.perf_counter()
-    base = subprocess.run(_command(workdir, "study"), capture_output=True, text=True)
-    base_seconds = time.perf_counter() - started
-    assert base.returncode == 0, base.stdout[-3000:] + base.stderr[-3000:]
-    started = time.perf_counter()  # the analyses on top of a finished study: their extra time
-    done = subprocess.run(_command(workdir, "analysis_all"), capture_output=True, text=True)
-    extra_seconds = time.perf_counter() - started
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    # Kept for docs/analysis.md ("Cost"); printed with `pytest -s`.
-    (workdir / "analysis_seconds.txt").write_text(f"study {base_seconds:.1f}\nanalyses {extra_seconds:.1f}\n")
-    print(f"micro study {base_seconds:.1f} s, analyses on top {extra_seconds:.1f} s ({workdir})")
-    report = subprocess.run(_command(workdir, "analysis_all", "--report",
-                                     str(workdir / "results" / "report.html")), capture_output=True, text=True)
-    assert report.returncode == 0, report.stderr[-3000:]
-    return workdir
 
 
 slow = pytest.mark.slow
@@ -222,7 +189,8 @@ def test_saved_layer_count_is_num_hidden_layers_plus_one_and_layer0_is_pooled_h_
     from projection_probe.io import load_safetensors
 
     workdir = analysis_run
-    n_layers = json.loads((workdir / "tiny_models" / "llm" / "config.json").read_text())["num_hidden_layers"]
+    llm = Path(yaml.safe_load((workdir / "micro.yaml").read_text())["model"]["language_model"]["path"])
+    n_layers = json.loads((llm / "config.json").read_text())["num_hidden_layers"]
     for setting in ("original", "ft-proj"):
         states, labels, ids = read_layer_file(
             workdir / "results" / "analysis" / "digits" / setting / "seed0" / "layers_test.safetensors")

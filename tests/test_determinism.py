@@ -1,42 +1,33 @@
 """Determinism: the same config and seeds give byte-identical results in a fresh working directory,
 and a different seed gives a different model and different probe results.
 
-Two fresh runs of a reduced micro config (digits only, Original and FT-Proj, the generate mode; the
-full micro config is covered by test_workflow_e2e.py). Both share one folder of tiny models, so what
-is compared is the workflow's own determinism, not that of the tiny-model builder.
+The two same-seed runs are the session's shared analysis run (tests/conftest.py: digits only,
+Original and FT-Proj, the generate mode, two seeds) and one more fresh run of that same config,
+here. Both use the session's one folder of tiny models, so what is compared is the workflow's own
+determinism, not that of the tiny-model builder. The full micro config is covered by
+test_workflow_e2e.py.
 """
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 import torch
+from conftest import run_workflow
 
 from projection_probe.io import load_safetensors, read_json
-from projection_probe.testing.micro import MICRO_CONFIG, make_micro_models, make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import ANALYSIS_OVERRIDES, make_micro_workdir
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = dict(
-    datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
-    settings={k: MICRO_CONFIG["settings"][k] for k in ("original", "ft-proj")},
-    classify=dict(MICRO_CONFIG["classify"], modes=["generate"]),
-    baselines=dict(MICRO_CONFIG["baselines"], encoder_zero_shot=dict(
-        MICRO_CONFIG["baselines"]["encoder_zero_shot"], enabled=False)),
-)
-
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("determinism")
-    models = make_micro_models(root / "tiny_models")
-    workdirs = []
-    for name in ("run_a", "run_b"):
-        workdir = make_micro_workdir(root / name, models_dir=models, **OVERRIDES)
-        done = subprocess.run(snakemake_command(workdir), capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        workdirs.append(workdir / "results")
-    return workdirs
+def two_runs(analysis_run, tiny_models, tmp_path_factory):
+    """The shared analysis run and a second fresh run of its config (its `study` target: the paper's
+    results, which the compared files all belong to). The second run needs its own folder: comparing
+    a run with itself would show nothing."""
+    again = make_micro_workdir(tmp_path_factory.mktemp("determinism"), models_dir=tiny_models, **ANALYSIS_OVERRIDES)
+    assert (again / "micro.yaml").read_text() == (analysis_run / "micro.yaml").read_text()
+    run_workflow(again, "determinism: second run", "study")
+    return [analysis_run / "results", again / "results"]
 
 
 def test_same_seeds_give_byte_identical_results(two_runs):
@@ -50,8 +41,8 @@ def test_same_seeds_give_byte_identical_results(two_runs):
         assert (a / relative).read_bytes() == (b / relative).read_bytes(), relative
 
 
-def test_different_seeds_give_different_weights_and_probe_results(two_runs):
-    results = two_runs[0]
+def test_different_seeds_give_different_weights_and_probe_results(analysis_run):
+    results = analysis_run / "results"
     seed0 = load_safetensors(results / "models/digits/ft-proj/seed0/projector.safetensors")
     seed1 = load_safetensors(results / "models/digits/ft-proj/seed1/projector.safetensors")
     assert seed0.keys() == seed1.keys()

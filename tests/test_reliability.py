@@ -2,8 +2,8 @@
 and a whole Snakemake run. After each kill nothing at a final output path may look complete, and the
 same command run again must finish (the fine-tune from its last checkpoint).
 
-The base model, prompts and vision cache come from the real workflow on the micro config (digits
-only), built once for the module. Every CLI is started in its own process group, so that SIGKILL
+The base model, prompts and vision cache of `digits` are copies of the session's shared micro run
+(tests/conftest.py). Every CLI is started in its own process group, so that SIGKILL
 also reaches any child (DataLoader workers, the shell Snakemake starts) and nothing gets a chance to
 clean up: the test sees exactly what a node failure or the OOM killer would leave behind.
 """
@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+
+from conftest import copy_run
 
 from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
 
@@ -43,16 +45,21 @@ TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A micro workdir holding the base model, seed-0 prompts and the vision cache of `digits`."""
+def workdir(micro_run, tiny_models, tmp_path_factory):
+    """A micro workdir holding the base model, seed-0 prompts and the vision cache of `digits`: copies
+    of the shared micro run's (tests/conftest.py), with Snakemake's metadata, so that the kills below
+    never touch the shared run and Snakemake sees these inputs as done."""
     wd = make_micro_workdir(
-        tmp_path_factory.mktemp("reliability"),
+        tmp_path_factory.mktemp("reliability"), models_dir=tiny_models,
         datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
         settings={"original": {"kind": "none"}, "ft-proj": SLOW_FT_PROJ},
         finetune=SLOW_FINETUNE)
-    done = subprocess.run(snakemake_command(wd, f"{BASE}/facade.json", PROMPTS, CACHE),
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    copy_run(micro_run, wd, BASE, "results/data/digits", CACHE)
+    # Nothing upstream of the fine-tune is planned again: the copies are complete and current.
+    planned = subprocess.run(snakemake_command(wd, "-n", "results/models/digits/ft-proj/seed0/facade.json"),
+                             capture_output=True, text=True)
+    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
+    assert set(re.findall(r"^(?:local)?rule (\w+):", planned.stdout, flags=re.M)) == {"finetune"}, planned.stdout
     return wd
 
 
@@ -176,7 +183,7 @@ def test_kill9_during_classify_leaves_no_csv_and_rerun_completes(workdir, tmp_pa
 
 
 @pytest.mark.slow
-def test_kill9_during_vision_feature_extraction_leaves_no_cache_and_rerun_completes(workdir, tmp_path):
+def test_kill9_during_vision_feature_extraction_leaves_no_cache_and_rerun_completes(workdir, tiny_models, tmp_path):
     # 600 distinct small images: enough for the batch-size-1 loop to run for seconds.
     rng = np.random.default_rng(0)
     rows = ["image_path,label,split"]
@@ -188,7 +195,7 @@ def test_kill9_during_vision_feature_extraction_leaves_no_cache_and_rerun_comple
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "features" / "vision.safetensors"
-    vision = json.dumps({"kind": "clip", "path": str(workdir / "tiny_models" / "vision")})
+    vision = json.dumps({"kind": "clip", "path": str(tiny_models / "vision")})
     cmd = CLI + ["extract-vision-features", "--vision-json", vision, "--manifest", str(manifest),
                  "--batch-size", "1", "--threads", "1", "--out", str(out)]
     log = tmp_path / "extract.log"

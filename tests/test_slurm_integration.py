@@ -135,29 +135,21 @@ def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, tmp_path):
-    try:
-        from projection_probe.testing.micro import make_micro_workdir
-    except ImportError as err:
-        pytest.fail(f"projection_probe.testing.micro.make_micro_workdir is missing ({err}); "
-                    "the micro config is needed for this test")
+def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tiny_models, tmp_path):
+    """The micro config through Slurm; its tables are compared with the session's shared local micro
+    run (tests/conftest.py), which used the same tiny models."""
+    from projection_probe.testing.micro import make_micro_workdir
+
     snakefile = REPO / "Snakefile"
-    assert snakefile.exists(), f"{snakefile} missing"
+    slurm_wd = Path(make_micro_workdir(tmp_path / "slurm", models_dir=tiny_models)).resolve()
+    assert (slurm_wd / "micro.yaml").read_text() == (micro_run / "micro.yaml").read_text()
+    profile = make_test_profile(tmp_path / "profiles")
+    slurm_out = run_snakemake(
+        ["--profile", str(profile), "-s", str(snakefile), "--directory", str(slurm_wd),
+         "--configfile", str(slurm_wd / "micro.yaml")],
+        env=slurm_cluster.env, log_path=tmp_path / "snakemake_slurm.log", timeout=3600,
+    )
 
-    runs = {}
-    for mode in ("slurm", "local"):
-        workdir = Path(make_micro_workdir(tmp_path / mode)).resolve()
-        configfile = workdir / "micro.yaml"
-        assert configfile.exists(), f"make_micro_workdir did not write {configfile}"
-        profile = make_test_profile(tmp_path / "profiles") if mode == "slurm" else LOCAL_PROFILE.parent
-        output = run_snakemake(
-            ["--profile", str(profile), "-s", str(snakefile), "--directory", str(workdir),
-             "--configfile", str(configfile)],
-            env=slurm_cluster.env, log_path=tmp_path / f"snakemake_{mode}.log", timeout=3600,
-        )
-        runs[mode] = (workdir, output)
-
-    slurm_wd, slurm_out = runs["slurm"]
     jobs = jobs_submitted(slurm_wd, slurm_cluster.env)
     gpu_jobs = jobs_submitted_with_gpu(slurm_wd, slurm_cluster.env)
     failed = {r: [j for j in js if j.state not in OK_STATES] for r, js in jobs.items()}
@@ -176,9 +168,8 @@ def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, tmp_path):
     assert {"make_tables"} <= local_rules_in_log(slurm_out)
     assert plugin_log_rules(slurm_wd) == set(jobs)
     # (c) same tables with and without Slurm.
-    local_wd, _ = runs["local"]
     for name in TABLES:
-        a, b = slurm_wd / "results" / "tables" / name, local_wd / "results" / "tables" / name
+        a, b = slurm_wd / "results" / "tables" / name, micro_run / "results" / "tables" / name
         assert a.exists() and b.exists(), f"missing {a if not a.exists() else b}"
         assert a.read_bytes() == b.read_bytes(), f"{name} differs between the Slurm and the local run"
 

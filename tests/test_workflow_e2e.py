@@ -1,7 +1,8 @@
 """The real workflow on the micro config (tiny random models, a few real images) in a temp dir.
 
-One full run is shared by the tests of this module: outputs, every table value recomputed from the
-per-image predictions, and what a rerun does after each kind of config edit (`snakemake -n`).
+The tests read the session's shared micro run (tests/conftest.py): outputs, every table value
+recomputed from the per-image predictions, and what a rerun does after each kind of config edit
+(`snakemake -n`).
 """
 from __future__ import annotations
 
@@ -15,23 +16,13 @@ import pytest
 import yaml
 from sklearn.metrics import f1_score
 
-from projection_probe.testing.micro import make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import snakemake_command
 
 pytestmark = pytest.mark.slow
 
 
 def run(cmd, cwd=None):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    workdir = make_micro_workdir(tmp_path_factory.mktemp("micro_e2e"))
-    done = run(snakemake_command(workdir))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = run(snakemake_command(workdir, "--report", str(workdir / "results" / "report.html")))
-    assert report.returncode == 0, report.stderr[-3000:]
-    return workdir
 
 
 def test_tables_figure_report_and_logs_are_written(micro_run):

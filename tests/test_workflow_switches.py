@@ -13,8 +13,8 @@ from projection_probe.testing.micro import MICRO_CONFIG, make_micro_workdir, sna
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return make_micro_workdir(tmp_path_factory.mktemp("switches"))
+def workdir(tmp_path_factory, tiny_models):
+    return make_micro_workdir(tmp_path_factory.mktemp("switches"), models_dir=tiny_models)
 
 
 def dry_run_commands(workdir, tmp_path, edit=None) -> dict[str, list[str]]:

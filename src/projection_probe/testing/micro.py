@@ -62,6 +62,23 @@ MICRO_CONFIG = {
 }
 
 
+# One dataset, Original + FT-Proj, one classification mode, two seeds: the smallest study on which
+# every analysis (including the paired claims statistics) has something to compute, and the first of
+# the two same-seed runs that the determinism test compares.
+ANALYSES = {"enabled": True, "layerwise": {"enabled": True, "poolings": ["image_mean", "last_token"],
+                                           "batch_size": 8, "storage_dtype": "float16", "mlp": False},
+            "linear_probe": {"C": 1.0, "max_iter": 200}, "matched_probes": {"enabled": True, "mlp": True},
+            "control_tasks": True, "similarity": {"enabled": True, "knn_k": 5}, "bootstrap": 200,
+            "permutations": 10000, "confidence": 0.95}
+ANALYSIS_OVERRIDES = dict(
+    datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
+    settings={k: MICRO_CONFIG["settings"][k] for k in ("original", "ft-proj")},
+    classify={**MICRO_CONFIG["classify"], "modes": ["generate"]},
+    baselines={"random": True, "encoder_zero_shot": {"enabled": False}},
+    analyses=ANALYSES,
+)
+
+
 def micro_config(models_dir: Path) -> dict:
     config = copy.deepcopy(MICRO_CONFIG)
     config["model"]["vision"]["path"] = str(models_dir / "vision")

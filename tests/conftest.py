@@ -1,0 +1,101 @@
+"""Shared, session-scoped workflow runs: each distinct configuration runs once per pytest process.
+
+- `tiny_models`: the micro config's random tiny CLIP / LLM / vision models, built once.
+- `micro_run`: the full micro config (2 datasets × 2 seeds × 4 settings × 3 modes) with its report.
+- `analysis_run`: a reduced micro config with the analyses beyond the paper switched on.
+
+Every test that only reads a finished run reads these; a test that changes files works on a copy
+(`copy_run`). Each pytest process starts its runs in its own fresh temporary folder, so a run left
+half-done by an interrupted session is never reused. A run that fails makes every test that needs it
+fail with the run's own log tail (pytest caches a session fixture's failure), not with a cascade of
+unrelated errors.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from projection_probe.testing.micro import ANALYSIS_OVERRIDES, make_micro_models, make_micro_workdir, snakemake_command
+
+# The interpreter's own bin/ first on PATH, for every subprocess the tests start: rules call
+# `projection-probe` and `snakemake` by name, which would not resolve outside an activated venv.
+_BIN = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[:1] != [_BIN]:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
+
+def workflow_failure(workdir: Path, what: str, done: subprocess.CompletedProcess) -> str:
+    """Snakemake's own output tail plus the tail of every job log that reports an error."""
+    parts = [f"shared workflow run '{what}' failed (exit {done.returncode}) in {workdir}",
+             "--- snakemake stdout (tail)", done.stdout[-2500:], "--- snakemake stderr (tail)", done.stderr[-4000:]]
+    logs = workdir / "results" / "logs"
+    for log in sorted(logs.rglob("*.log")) if logs.exists() else []:
+        text = log.read_text(errors="replace")
+        if "Error" in text or "Traceback" in text:
+            parts += [f"--- {log.relative_to(workdir)} (tail)", text[-1500:]]
+    return "\n".join(parts)
+
+
+def run_workflow(workdir: Path, what: str, *extra: str, configfile: Path | None = None) -> float:
+    """Run the repository's Snakefile in `workdir`; fail (for every dependent test) with the log tail.
+    Returns the wall time in seconds."""
+    cmd = snakemake_command(workdir, *extra)
+    if configfile is not None:
+        cmd[cmd.index("--configfile") + 1] = str(configfile)
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(workflow_failure(workdir, what, done), pytrace=False)
+    return time.perf_counter() - started
+
+
+def copy_run(run: Path, dest: Path, *relative: str) -> Path:
+    """Copy the named results of a finished run (all of it if none are named), with Snakemake's
+    metadata, so that a test may change files without touching the shared run. Times are kept, so
+    Snakemake sees the copies as up to date."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in relative or ("results",):
+        src = run / rel
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, symlinks=True)
+        else:
+            shutil.copy2(src, target)
+    if (run / ".snakemake" / "metadata").exists():
+        shutil.copytree(run / ".snakemake" / "metadata", dest / ".snakemake" / "metadata", dirs_exist_ok=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    return make_micro_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory, tiny_models) -> Path:
+    """The full micro config run to the end, with `results/report.html`. Read only."""
+    workdir = make_micro_workdir(tmp_path_factory.mktemp("micro_run"), models_dir=tiny_models)
+    run_workflow(workdir, "micro")
+    run_workflow(workdir, "micro report", "--report", str(workdir / "results" / "report.html"))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def analysis_run(tmp_path_factory, tiny_models) -> Path:
+    """The reduced config: `study` first, then `analysis_all` on top (so that the analyses' extra
+    cost is measured, for docs/analysis.md), then the report. Read only."""
+    workdir = make_micro_workdir(tmp_path_factory.mktemp("analysis_run"), models_dir=tiny_models,
+                                 **ANALYSIS_OVERRIDES)
+    study_seconds = run_workflow(workdir, "analysis: study", "study")
+    extra_seconds = run_workflow(workdir, "analysis: analysis_all", "analysis_all")
+    (workdir / "analysis_seconds.txt").write_text(f"study {study_seconds:.1f}\nanalyses {extra_seconds:.1f}\n")
+    print(f"micro study {study_seconds:.1f} s, analyses on top {extra_seconds:.1f} s ({workdir})")
+    run_workflow(workdir, "analysis: report", "analysis_all", "--report", str(workdir / "results" / "report.html"))
+    return workdir
