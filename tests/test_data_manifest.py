@@ -142,7 +142,7 @@ def test_duplicates_within_a_split_are_kept_once_across_splits_fail(tmp_path):
     assert warnings == [f"{copy_of_a}: the same content as {a}, both in train; kept once; labels differ "
                         f"('cat' kept, 'dog' dropped)"]
     leaking = rows + [_hashed(copy_of_a, "cat", "test")]
-    with pytest.raises(InputError, match=r"m\.csv: 1 image\(s\) in both train and test.*drop_from_train"):
+    with pytest.raises(InputError, match=r"m\.csv: 2 image\(s\) in both train and test.*drop_from_train"):
         resolve_duplicates(leaking, "fail", "m.csv")
     kept, warnings = resolve_duplicates(leaking, "drop_from_train", "m.csv")
     assert kept == [rows[2], leaking[3]]
