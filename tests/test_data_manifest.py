@@ -109,7 +109,8 @@ def test_check_images_returns_every_bad_file_with_its_reason(tmp_path, bad_bytes
     bad = tmp_path / "bad.png"
     if bad_bytes is not None:
         bad.write_bytes(bad_bytes)
-    rows = [ManifestRow(str(bad), "dog", "train"), ManifestRow(good, "cat", "train"), ManifestRow(str(bad), "dog", "test")]
+    rows = [ManifestRow(str(bad), "dog", "train"), ManifestRow(good, "cat", "train"),
+            ManifestRow(str(bad), "dog", "test")]
     kept, found = check_images(rows, listed_at={str(bad): "list.txt:7"})
     assert [r.image_path for r in kept] == [good]
     assert kept[0].sha256 == hashlib.sha256((tmp_path / "good.png").read_bytes()).hexdigest()
@@ -214,8 +215,9 @@ def test_prepare_dataset_cli_writes_all_outputs(tmp_path):
     assert len(read_manifest(out / "manifest.csv")) == 6
     assert json.loads((out / "classes.json").read_text()) == {"task": "animals", "classes": CLASSES}
     assert (out / "bad_images.txt").read_text().startswith(str(corrupt) + "\t")
-    assert (out / "warnings.txt").read_text() == (f"skipped 1 bad image(s) (1 corrupt or unreadable image) because "
-                                                  f"data.on_bad_image is skip; they are listed in {out / 'bad_images.txt'}\n")
+    assert (out / "warnings.txt").read_text() == (
+        f"skipped 1 bad image(s) (1 corrupt or unreadable image) because data.on_bad_image is skip; they are "
+        f"listed in {out / 'bad_images.txt'}\n")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 

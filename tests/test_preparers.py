@@ -398,5 +398,6 @@ def test_nested_list_folder_is_spotted(tmp_path):
 def test_nested_class_tree_split_folder_is_spotted(tmp_path, make):
     classes, cfg = make(tmp_path / "root")
     nest_folder(tmp_path / "root" / "test")
-    with pytest.raises(InputError, match=r"root/test: holds only the folder 'test': the split folder is one level deeper"):
+    with pytest.raises(InputError, match=r"root/test: holds only the folder 'test': the split folder is one "
+                                         r"level deeper"):
         run_source(cfg, tmp_path / "out", classes)

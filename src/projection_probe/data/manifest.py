@@ -149,7 +149,8 @@ def validate_manifest(rows: list[ManifestRow], classes: list[str], source: str |
     return warnings
 
 
-def check_images(rows: list[ManifestRow], listed_at: dict[str, str] | None = None) -> tuple[list[ManifestRow], list[BadImage]]:
+def check_images(rows: list[ManifestRow],
+                 listed_at: dict[str, str] | None = None) -> tuple[list[ManifestRow], list[BadImage]]:
     """Read every image once: hash its bytes and decode it as ``load_rgb`` would. Returns the good
     rows with ``sha256`` filled in, and every bad one (missing, empty, undecodable), so that all of
     them can be reported at once. ``listed_at`` (image_path -> "file:line") says where a missing
@@ -270,7 +271,8 @@ def verify_image_hashes(rows: list[ManifestRow], manifest: str | Path) -> None:
             changed.append((row.image_path, e.reason or str(e)))
             continue
         if actual != row.sha256:
-            changed.append((row.image_path, f"sha256 {actual[:12]}... differs from the manifest's {row.sha256[:12]}..."))
+            changed.append((row.image_path,
+                            f"sha256 {actual[:12]}... differs from the manifest's {row.sha256[:12]}..."))
     if changed:
         path, what = changed[0]
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""

@@ -24,9 +24,9 @@ def run_extract_vision(args) -> None:
         spec = json.loads(args.vision_json)
     except json.JSONDecodeError as e:
         raise InputError(f"--vision-json: not valid JSON ({e})") from e
-    vision = build_vision(spec)
     rows = read_manifest(args.manifest)
-    verify_image_hashes(rows, args.manifest)
+    verify_image_hashes(rows, args.manifest)  # before the model loads: a stale manifest fails fast
+    vision = build_vision(spec)
     build_vision_cache(vision, [r.image_path for r in rows], args.out, args.image_preprocessing,
                        batch_size=args.batch_size, num_workers=args.num_workers,
                        device=resolve_device(args.device), exif_transpose=args.exif_transpose)
