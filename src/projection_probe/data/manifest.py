@@ -277,5 +277,4 @@ def verify_image_hashes(rows: list[ManifestRow], manifest: str | Path) -> None:
         path, what = changed[0]
         others = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         raise InputError(f"{path}: image changed since {manifest} was prepared ({what}){others}; rerun "
-                         f"prepare_dataset (snakemake reruns it after `touch` on the download, or "
-                         f"--forcerun prepare_dataset)")
+                         f"prepare_dataset (snakemake --forcerun prepare_dataset) to check and hash the images again")
