@@ -181,6 +181,13 @@ def test_exif_orientation_is_ignored_unless_asked_for(tmp_path):
     assert load_rgb(path, exif_transpose=True).size == (10, 20)
 
 
+def test_prepare_dataset_rejects_unknown_bad_image_policy(tmp_path):
+    from projection_probe.data.sources import prepare_dataset
+
+    with pytest.raises(InputError, match="data.on_bad_image: unknown value 'ignore'"):
+        prepare_dataset("toy", {"kind": "_test_folder", "rows": []}, CLASSES, "animals", "ignore", True, tmp_path)
+
+
 def test_get_source_unknown_kind_lists_known():
     with pytest.raises(InputError, match=r"unknown value 'nope'.*sklearn_digits"):
         get_source("nope")
