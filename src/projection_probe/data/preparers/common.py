@@ -57,9 +57,9 @@ def _nested_candidate(path: Path) -> Path | None:
 
 
 def nested_file_hint(path: Path) -> str:
-    """For an index file (split TSV, split list) that is missing: `` (found <path one level deeper>:
-    the folder <x> holds a folder of the same contents one level deeper; move its files up into <x>)``,
-    or an empty string."""
+    """For a missing index file (split TSV, split list) that sits one folder deeper, as when a zip of
+    ``x/`` is unzipped into ``x/``: `` (found '<x>/<x>/<name>': the folder is one level deeper; ...)``.
+    Otherwise an empty string."""
     nested = _nested_candidate(path)
     if nested is None:
         return ""

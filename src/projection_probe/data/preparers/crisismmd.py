@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from projection_probe.data.manifest import ManifestRow, SourceRows
+from projection_probe.data.manifest import LISTED_IN_MESSAGE, ManifestRow, SourceRows
 from projection_probe.data.preparers.common import (LabelResolver, nested_file_hint, read_label_map,
                                                     require_dir, source_root)
 from projection_probe.data.sources import register_source
@@ -155,7 +155,9 @@ def _add_rows_from_tsv(rows: SourceRows, tsv: Path, root: Path, split: str, labe
             rows.append(ManifestRow(image_path, label, split))
             rows.listed_at[image_path] = where
     if wrong_width:
-        shown = ", ".join(wrong_width[:20]) + (f" and {len(wrong_width) - 20} more" if len(wrong_width) > 20 else "")
+        shown = ", ".join(wrong_width[:LISTED_IN_MESSAGE])
+        if len(wrong_width) > LISTED_IN_MESSAGE:
+            shown += f" and {len(wrong_width) - LISTED_IN_MESSAGE} more"
         raise InputError(f"{tsv}:{wrong_width[0].split()[0]}: {len(wrong_width)} row(s) without the header's "
                          f"{len(header)} tab-separated fields, on line(s) {shown}; a tab inside a tweet text "
                          f"shifts the columns: replace it with a space, or re-download the official split TSVs")
