@@ -9,6 +9,7 @@ exact messages.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shlex
 import shutil
 import subprocess
@@ -186,6 +187,8 @@ def test_bad_image_in_a_dataloader_worker_is_the_same_one_line_message(setup, tm
                                     "--threads", "1", "--out", str(tmp_path / "vision.safetensors")], str(bad))
     assert message == (f"error: {bad}: corrupt or unreadable image (cannot identify image file); re-download it, or "
                        f"set data.on_bad_image: skip so that prepare_dataset drops it and lists it in bad_images.txt")
+    # The workers are gone when the command returns (torch would otherwise wait 5 s for each later).
+    assert not multiprocessing.active_children()
 
 
 def test_image_changed_since_prepare_stops_feature_extraction_naming_it(setup, tmp_path, capsys):
