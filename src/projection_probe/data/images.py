@@ -60,10 +60,10 @@ def decode_rgb(path: str | Path, data: bytes, exif_transpose: bool = False) -> I
                 im = ImageOps.exif_transpose(im)
             return to_rgb(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError.of(path, f"corrupt or unreadable image ({_describe(e, path)})") from None
+        raise BadImageError.of(path, f"corrupt or unreadable image ({_describe(e)})") from None
 
 
-def _describe(error: Exception, path: str | Path) -> str:
+def _describe(error: Exception) -> str:
     # PIL names the BytesIO object ("<_io.BytesIO object at 0x...>"); the message already names the file.
     return re.sub(r" '?<_io\.BytesIO object at 0x[0-9a-f]+>'?", "", str(error)) or type(error).__name__
 
