@@ -178,14 +178,14 @@ def test_unreadable_image_stops_feature_extraction_naming_it(setup, tmp_path, ca
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_image_in_a_dataloader_worker_is_the_same_one_line_message(setup, tmp_path, capsys, workers):
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n but the rest is junk")
-    manifest = tmp_path / "manifest.csv"
-    manifest.write_text(f"image_path,label,split\n{setup['rows'][0][0]},cat,train\n{bad},dog,test\n")
+    make_crisismmd(tmp_path / "c")
+    good, bad = crisismmd_image(tmp_path / "c", "train", 0), truncate_image(crisismmd_image(tmp_path / "c", "test", 0))
+    manifest = tmp_path / "manifest.csv"  # written by hand (no sha256): the image is read, not refused
+    manifest.write_text(f"image_path,label,split\n{good},cat,train\n{bad},dog,test\n")
     message = fails_naming(capsys, ["extract-vision-features", "--vision-json", setup["vision_json"],
                                     "--manifest", str(manifest), "--num-workers", str(workers), "--batch-size", "1",
                                     "--threads", "1", "--out", str(tmp_path / "vision.safetensors")], str(bad))
-    assert message == (f"error: {bad}: corrupt or unreadable image (cannot identify image file); re-download it, or "
+    assert message == (f"error: {bad}: corrupt or unreadable image (Truncated File Read); re-download it, or "
                        f"set data.on_bad_image: skip so that prepare_dataset drops it and lists it in bad_images.txt")
     # The workers are gone when the command returns (torch would otherwise wait 5 s for each later).
     assert not multiprocessing.active_children()
