@@ -3,10 +3,14 @@
 Each ``make_<dataset>(root)`` writes a few 8x8 images per class (JPEG or PNG, as the real data) with
 the real folder names, list files and TSV columns, and returns ``(classes, source_cfg)`` ready for
 ``projection_probe.data.sources.run_source``. Shared by the preparer tests and end-to-end tests.
+
+The functions after them add the gotchas of real downloads to a layout: zero-byte and truncated
+files, symlinks, a tab inside a tweet, a folder unzipped one level too deep.
 """
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -123,3 +127,54 @@ def make_crisismmd(root: str | Path) -> tuple[list[str], dict]:
     cfg = {"kind": "crisismmd", "root": str(root), "label_map": dict(PAPER_FIGURE3_LABEL_MAP),
            "drop_labels": list(PAPER_FIGURE3_DROP_LABELS), "train_splits": ["train"]}
     return list(PAPER_FIGURE3_CLASSES), cfg
+
+
+# Gotchas of real downloads, applied to a layout made above ----------------------------------------
+
+def crisismmd_tsv(root: str | Path, split: str) -> Path:
+    return Path(root) / CRISISMMD_TSV.format(split=split)
+
+
+def crisismmd_image(root: str | Path, split: str, row: int) -> Path:
+    """The image of the ``row``-th data row (0-based) of a CrisisMMD split TSV; its line is row + 2."""
+    line = crisismmd_tsv(root, split).read_text(encoding="utf-8").splitlines()[row + 1]
+    return Path(root) / line.split("\t")[TSV_COLUMNS.index("image")]
+
+
+def make_zero_byte(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def truncate_image(path: Path) -> Path:
+    """Keep the first 40 bytes: the header still names the format, the pixels are gone."""
+    path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+def link_image(target: Path, link: Path) -> Path:
+    """A relative symlink ``link`` -> ``target`` (as `cp -s` or a deduplicating mirror leaves)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(target, link.parent))
+    return link
+
+
+def put_tab_in_tweet(root: str | Path, split: str, row: int) -> int:
+    """Write a tab into the tweet text of a CrisisMMD TSV row, as some tweets hold; returns its line."""
+    tsv = crisismmd_tsv(root, split)
+    lines = tsv.read_text(encoding="utf-8").split("\n")
+    fields = lines[row + 1].split("\t")
+    fields[TSV_COLUMNS.index("tweet_text")] += "\tcontinued after a tab"
+    lines[row + 1] = "\t".join(fields)
+    tsv.write_text("\n".join(lines), encoding="utf-8")
+    return row + 2
+
+
+def nest_folder(folder: Path) -> Path:
+    """Move ``folder`` into a folder of its own name (``x/`` -> ``x/x/``), as unzipping a zip of
+    ``x/`` into a folder named ``x`` does; returns the new inner folder."""
+    folder = Path(folder)
+    moved = folder.with_name(folder.name + ".moving")
+    folder.rename(moved)
+    folder.mkdir()
+    return moved.rename(folder / folder.name)

@@ -9,6 +9,7 @@ exact messages.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from layout_fixtures import (crisismmd_image, crisismmd_tsv, link_image, make_crisismmd, make_plantdoc, make_zero_byte,
+                             nest_folder, put_tab_in_tweet, truncate_image)
 from PIL import Image
 
 from projection_probe.cli import main
@@ -53,16 +56,17 @@ def prepare_args(out_dir: Path, rows: list, *extra: str) -> list[str]:
 
 def fails_naming(capsys, argv: list[str], *names: str) -> str:
     """Run the CLI in-process; it must return 2 (an InputError, not a crash) and print every one of
-    `names` in its one-line message."""
+    `names` in its message: the last thing on stderr, from `error: ` on (one line, except for the
+    messages that list several files)."""
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    message = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert message, err[-2000:]
+    assert err.startswith("error: ") or "\nerror: " in err, err[-2000:]
+    message = err[err.rindex("error: ") if err.startswith("error: ") else err.rindex("\nerror: ") + 1:].rstrip("\n")
     for name in names:
-        assert name in message[-1], (name, message[-1])
-    print(f"[{argv[0]}] {message[-1]}")  # `pytest -rP` lists them: the table in docs/reliability.md
-    return message[-1]
+        assert name in message, (name, message)
+    print(f"[{argv[0]}] {message}")  # `pytest -rP` lists them: the table in docs/reliability.md
+    return message
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,8 @@ def setup(tmp_path_factory):
     manifest, classes.json, prompts, the X_v cache, and a base model folder on tiny random parts."""
     root = tmp_path_factory.mktemp("bad_input")
     vision_dir, llm_dir = make_tiny_parts(root / "tiny")
-    rows = [[png(root / "img" / f"{split}_{c}_{k}.png", seed=i * 10 + k), c, split]
+    # Test images get other seeds than train ones: identical bytes in both splits would be a leak.
+    rows = [[png(root / "img" / f"{split}_{c}_{k}.png", seed=i * 10 + k + (5 if split == "test" else 0)), c, split]
             for i, c in enumerate(CLASSES) for split, n in (("train", 2), ("test", 1)) for k in range(n)]
     data = root / "data"
     assert main(prepare_args(data, rows)) == 0
@@ -171,6 +176,41 @@ def test_unreadable_image_stops_feature_extraction_naming_it(setup, tmp_path, ca
     assert not out.exists()
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_image_in_a_dataloader_worker_is_the_same_one_line_message(setup, tmp_path, capsys, workers):
+    make_crisismmd(tmp_path / "c")
+    good, bad = crisismmd_image(tmp_path / "c", "train", 0), truncate_image(crisismmd_image(tmp_path / "c", "test", 0))
+    manifest = tmp_path / "manifest.csv"  # written by hand (no sha256): the image is read, not refused
+    manifest.write_text(f"image_path,label,split\n{good},cat,train\n{bad},dog,test\n")
+    message = fails_naming(capsys, ["extract-vision-features", "--vision-json", setup["vision_json"],
+                                    "--manifest", str(manifest), "--num-workers", str(workers), "--batch-size", "1",
+                                    "--threads", "1", "--out", str(tmp_path / "vision.safetensors")], str(bad))
+    assert message == (f"error: {bad}: corrupt or unreadable image (Truncated File Read); re-download it, or "
+                       f"set data.on_bad_image: skip so that prepare_dataset drops it and lists it in bad_images.txt")
+    # The workers are gone when the command returns (torch would otherwise wait 5 s for each later).
+    assert not multiprocessing.active_children()
+
+
+def test_image_changed_since_prepare_stops_feature_extraction_naming_it(setup, tmp_path, capsys):
+    """The manifest's sha256 column is checked before any image is encoded."""
+    prepared = [line.split(",") for line in (setup["data"] / "manifest.csv").read_text().splitlines()[1:]]
+    lines = ["image_path,label,split,sha256"]
+    for k, (path, label, split, sha256) in enumerate(prepared):
+        copy = tmp_path / "img" / Path(path).name
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(path, copy)
+        lines.append(f"{copy},{label},{split},{sha256}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "vision.safetensors"
+    argv = ["extract-vision-features", "--vision-json", setup["vision_json"], "--manifest", str(manifest),
+            "--threads", "1", "--out", str(out)]
+    changed = tmp_path / "img" / Path(prepared[4][0]).name
+    png(changed, seed=99)  # same name, other pixels: a re-download or an edit after prepare-dataset
+    fails_naming(capsys, argv, str(changed), f"image changed since {manifest} was prepared", "rerun prepare_dataset")
+    assert not out.exists()
+
+
 def odd_mode_images(folder: Path) -> dict[str, Path]:
     """One 20×12 image per mode that a real dataset may hold, each saved in a format that keeps it."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -232,6 +272,50 @@ def test_empty_split_stops_prepare_dataset(setup, tmp_path, capsys):
     rows = [r for r in setup["rows"] if r[2] == "train"]
     out = tmp_path / "data"
     fails_naming(capsys, prepare_args(out, rows), str(out / "manifest.csv"), "split 'test' has no images")
+    assert not (out / "manifest.csv").exists()
+
+
+def break_download(case: str, root: Path) -> tuple[list[str], dict, list[str]]:
+    """A tiny official layout (tests/layout_fixtures.py) with one gotcha of real downloads; returns
+    the classes, the source config and what the message must name."""
+    if case in ("missing-listed-file", "zero-byte", "several-bad-files", "tab-in-tweet", "nested-split-folder"):
+        classes, cfg = make_crisismmd(root)
+        cfg["train_splits"] = ["train", "dev"]
+    else:
+        classes, cfg = make_plantdoc(root)
+    tsv = crisismmd_tsv(root, "test")
+    if case == "missing-listed-file":
+        gone = crisismmd_image(root, "test", 0)
+        gone.unlink()
+        return classes, cfg, [f"{gone}: missing (listed in {tsv}:2)", "data.on_bad_image: skip"]
+    if case == "zero-byte":
+        return classes, cfg, [f"{make_zero_byte(crisismmd_image(root, 'train', 0))}: zero-byte file",
+                              "data.on_bad_image: skip"]
+    if case == "several-bad-files":
+        names = [str(make_zero_byte(crisismmd_image(root, "train", 0))),
+                 str(truncate_image(crisismmd_image(root, "train", 4)))]
+        crisismmd_image(root, "test", 0).unlink()
+        return classes, cfg, names + ["3 bad image file(s)", f"{root.parent / 'data.bad_images.txt'}"]
+    if case == "tab-in-tweet":
+        line = put_tab_in_tweet(root, "test", 1)
+        return classes, cfg, [f"{tsv}:{line}", "a tab inside a tweet"]
+    if case == "nested-split-folder":
+        inner = nest_folder(root / "crisismmd_datasplit_all")
+        return classes, cfg, [str(inner), "one level deeper"]
+    train_image = root / "train" / "Apple Scab Leaf" / "apple_0.jpg"
+    leak = link_image(train_image, root / "test" / "Apple Scab Leaf" / "leak.jpg")
+    return classes, cfg, [f"{train_image} (train) and {leak} (test)", "data.cross_split_duplicates: drop_from_train"]
+
+
+@pytest.mark.parametrize("case", ["missing-listed-file", "zero-byte", "several-bad-files", "tab-in-tweet",
+                                  "nested-split-folder", "symlink-across-splits"])
+def test_messy_download_stops_prepare_dataset(tmp_path, capsys, case):
+    classes, cfg, names = break_download(case, tmp_path / "download")
+    out = tmp_path / "data"
+    argv = ["prepare-dataset", "--dataset", "toy", "--source-json", json.dumps(cfg), "--classes-json",
+            json.dumps(classes), "--task", "things", "--out-dir", str(out)]
+    message = fails_naming(capsys, argv, *names)
+    assert ".prepare." not in message  # never the staging folder
     assert not (out / "manifest.csv").exists()
 
 

@@ -1,13 +1,18 @@
 """Manifest reading/validation, bad-image handling and the prepare-dataset CLI."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from projection_probe.cli import main
-from projection_probe.data.manifest import (ManifestRow, check_images, read_manifest, validate_manifest,
+from projection_probe.data.images import load_rgb
+from projection_probe.data.manifest import (BadImage, ManifestRow, bad_images_error, check_images, read_manifest,
+                                            resolve_duplicates, validate_manifest, verify_image_hashes,
                                             write_manifest)
 from projection_probe.data.sources import get_source, register_source
 from projection_probe.io import InputError
@@ -28,7 +33,7 @@ def _png(path, color=(10, 20, 30)):
 
 
 def test_write_then_read_round_trips_labels_as_strings(tmp_path):
-    rows = _rows() + [ManifestRow("g,with comma.png", "0", "train")]
+    rows = _rows() + [ManifestRow("g,with comma.png", "0", "train", "ab" * 32)]
     write_manifest(tmp_path / "manifest.csv", rows)
     assert read_manifest(tmp_path / "manifest.csv") == rows
 
@@ -96,33 +101,91 @@ def test_duplicate_image_path_is_an_error():
         validate_manifest(rows, CLASSES, "m.csv")
 
 
-@pytest.mark.parametrize("bad_bytes", [b"", b"this is not a PNG"], ids=["zero-byte", "corrupt"])
-def test_check_images_fail_names_the_bad_file(tmp_path, bad_bytes):
+@pytest.mark.parametrize("bad_bytes, reason", [(b"", "zero-byte file"), (b"this is not a PNG", "corrupt or "
+                                                  "unreadable image (cannot identify image file)"), (None, "missing")],
+                         ids=["zero-byte", "corrupt", "missing"])
+def test_check_images_returns_every_bad_file_with_its_reason(tmp_path, bad_bytes, reason):
     good = _png(tmp_path / "good.png")
     bad = tmp_path / "bad.png"
-    bad.write_bytes(bad_bytes)
-    rows = [ManifestRow(good, "cat", "train"), ManifestRow(str(bad), "dog", "train")]
-    with pytest.raises(InputError, match=r"bad\.png"):
-        check_images(rows, "fail", tmp_path / "report.txt")
+    if bad_bytes is not None:
+        bad.write_bytes(bad_bytes)
+    rows = [ManifestRow(str(bad), "dog", "train"), ManifestRow(good, "cat", "train"),
+            ManifestRow(str(bad), "dog", "test")]
+    kept, found = check_images(rows, listed_at={str(bad): "list.txt:7"})
+    assert [r.image_path for r in kept] == [good]
+    assert kept[0].sha256 == hashlib.sha256((tmp_path / "good.png").read_bytes()).hexdigest()
+    if reason == "missing":
+        reason = "missing (listed in list.txt:7)"
+    assert found == [BadImage(str(bad), reason)] * 2
 
 
-@pytest.mark.parametrize("bad_bytes", [b"", b"this is not a PNG"], ids=["zero-byte", "corrupt"])
-def test_check_images_skip_drops_and_reports(tmp_path, bad_bytes):
-    good = _png(tmp_path / "good.png")
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(bad_bytes)
-    rows = [ManifestRow(good, "cat", "train"), ManifestRow(str(bad), "dog", "train")]
-    kept = check_images(rows, "skip", tmp_path / "report.txt")
-    assert kept == [rows[0]]
-    lines = (tmp_path / "report.txt").read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 1
-    path, reason = lines[0].split("\t")
-    assert path == str(bad) and reason
+def test_bad_images_error_lists_twenty_and_counts_the_rest(tmp_path):
+    bad = [BadImage(f"img/{i}.png", "zero-byte file") for i in range(23)] + [BadImage("img/x.png", "missing")]
+    message = str(bad_images_error(bad, tmp_path / "out", tmp_path / "out.bad_images.txt"))
+    lines = message.split("\n")
+    assert lines[0] == (f"{tmp_path / 'out'}: 24 bad image file(s) (23 zero-byte file, 1 missing); full list in "
+                        f"{tmp_path / 'out.bad_images.txt'}. Re-download them, or set data.on_bad_image: skip "
+                        f"(--on-bad-image skip) to drop them and list them in {tmp_path / 'out' / 'bad_images.txt'}:")
+    assert lines[1:21] == [f"  img/{i}.png: zero-byte file" for i in range(20)]
+    assert lines[21:] == ["  ... and 4 more"]
 
 
-def test_check_images_rejects_unknown_policy(tmp_path):
-    with pytest.raises(InputError, match="on_bad_image"):
-        check_images([], "ignore", None)
+def _hashed(path, label, split):
+    return ManifestRow(str(path), label, split, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_duplicates_within_a_split_are_kept_once_across_splits_fail(tmp_path):
+    a, b = Path(_png(tmp_path / "a.png", (1, 2, 3))), Path(_png(tmp_path / "b.png", (4, 5, 6)))
+    copy_of_a = Path(_png(tmp_path / "copy_of_a.png", (1, 2, 3)))
+    rows = [_hashed(a, "cat", "train"), _hashed(copy_of_a, "dog", "train"), _hashed(b, "cat", "test")]
+    kept, warnings = resolve_duplicates(rows, "fail", "m.csv")
+    assert kept == rows[::2]
+    assert warnings == [f"{copy_of_a}: the same content as {a}, both in train; kept once; labels differ "
+                        f"('cat' kept, 'dog' dropped)"]
+    leaking = rows + [_hashed(copy_of_a, "cat", "test")]
+    with pytest.raises(InputError, match=r"m\.csv: 2 image\(s\) in both train and test.*drop_from_train"):
+        resolve_duplicates(leaking, "fail", "m.csv")
+    kept, warnings = resolve_duplicates(leaking, "drop_from_train", "m.csv")
+    assert kept == [rows[2], leaking[3]]
+    assert len(warnings) == 2 and all("dropped from train" in w for w in warnings)
+    with pytest.raises(InputError, match="data.cross_split_duplicates: unknown value 'keep'"):
+        resolve_duplicates(rows, "keep", "m.csv")
+
+
+def test_manifest_without_hash_column_still_reads(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text("image_path,label,split\na.png,cat,train\n", encoding="utf-8")
+    assert read_manifest(path) == [ManifestRow("a.png", "cat", "train", "")]
+
+
+def test_verify_image_hashes_names_the_changed_image(tmp_path):
+    a = Path(_png(tmp_path / "a.png", (1, 2, 3)))
+    b = Path(_png(tmp_path / "b.png", (4, 5, 6)))
+    rows = [_hashed(a, "cat", "train"), _hashed(b, "cat", "test"), ManifestRow("unhashed.png", "cat", "test")]
+    verify_image_hashes(rows, "m.csv")  # unchanged; a row without a hash is not checked
+    _png(b, (7, 8, 9))
+    with pytest.raises(InputError, match=rf"^{re.escape(str(b))}: image changed since m\.csv was prepared "
+                                         r"\(sha256 [0-9a-f]{12}\.\.\. differs from the manifest's"):
+        verify_image_hashes(rows, "m.csv")
+    a.unlink()
+    with pytest.raises(InputError, match=rf"^{re.escape(str(a))}: image changed .*\(missing\) \(and 1 more\)"):
+        verify_image_hashes(rows, "m.csv")
+
+
+def test_exif_orientation_is_ignored_unless_asked_for(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(path, exif=exif)
+    assert load_rgb(path).size == (20, 10)  # as LLaVA reads it
+    assert load_rgb(path, exif_transpose=True).size == (10, 20)
+
+
+def test_prepare_dataset_rejects_unknown_bad_image_policy(tmp_path):
+    from projection_probe.data.sources import prepare_dataset
+
+    with pytest.raises(InputError, match="data.on_bad_image: unknown value 'ignore'"):
+        prepare_dataset("toy", {"kind": "_test_folder", "rows": []}, CLASSES, "animals", "ignore", True, tmp_path)
 
 
 def test_get_source_unknown_kind_lists_known():
@@ -159,7 +222,9 @@ def test_prepare_dataset_cli_writes_all_outputs(tmp_path):
     assert len(read_manifest(out / "manifest.csv")) == 6
     assert json.loads((out / "classes.json").read_text()) == {"task": "animals", "classes": CLASSES}
     assert (out / "bad_images.txt").read_text().startswith(str(corrupt) + "\t")
-    assert (out / "warnings.txt").read_text() == ""
+    assert (out / "warnings.txt").read_text() == (
+        f"skipped 1 bad image(s) (1 corrupt or unreadable image) because data.on_bad_image is skip; they are "
+        f"listed in {out / 'bad_images.txt'}\n")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 

@@ -1,18 +1,21 @@
 """The four paper-dataset preparers on tiny copies of the official layouts (tests/layout_fixtures.py)."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from layout_fixtures import (DERMNET_FOLDERS, PLANTDOC_TRAIN_ONLY_CLASS, make_crisismmd, make_dermnet, make_dtd,
-                             make_plantdoc, write_image)
+from layout_fixtures import (DERMNET_FOLDERS, PLANTDOC_TRAIN_ONLY_CLASS, crisismmd_image, crisismmd_tsv,
+                             link_image, make_crisismmd, make_dermnet, make_dtd, make_plantdoc, make_zero_byte,
+                             nest_folder, put_tab_in_tweet, truncate_image, write_image)
 
-from projection_probe.data.manifest import validate_manifest
+from projection_probe.data.manifest import read_manifest, validate_manifest
 from projection_probe.data.preparers.common import normalise_label
-from projection_probe.data.sources import available_sources, run_source
+from projection_probe.data.sources import available_sources, bad_image_list_path, prepare_dataset, run_source
 from projection_probe.io import InputError
 
 
@@ -136,12 +139,15 @@ def test_dtd_split_index_picks_the_lists(tmp_path):
         run_source(cfg, tmp_path / "out", classes)
 
 
-def test_dtd_listed_file_missing_names_list_and_line(tmp_path):
+def test_dtd_listed_file_missing_stays_a_row_with_its_list_line(tmp_path):
     classes, cfg = make_dtd(tmp_path / "dtd")
-    (tmp_path / "dtd" / "images" / "blotchy" / "blotchy_0002.jpg").unlink()
-    # train1.txt lists banded 1, 2 then blotchy 1, 2: the missing file is on line 4.
-    with pytest.raises(InputError, match=r"labels/train1.txt:4: listed image 'blotchy/blotchy_0002.jpg' not found"):
-        run_source(cfg, tmp_path / "out", classes)
+    missing = tmp_path / "dtd" / "images" / "blotchy" / "blotchy_0002.jpg"
+    missing.unlink()
+    rows = run_source(cfg, tmp_path / "out", classes)
+    # train1.txt lists banded 1, 2 then blotchy 1, 2: the missing file is on line 4. The image check
+    # of prepare_dataset reports it there (see the messy-download tests below).
+    assert str(missing) in [r.image_path for r in rows]
+    assert rows.listed_at[str(missing)] == f"{tmp_path / 'dtd' / 'labels' / 'train1.txt'}:4"
 
 
 def test_dtd_unmapped_folder_and_missing_images_folder(tmp_path):
@@ -224,13 +230,9 @@ def test_crisismmd_config_errors(tmp_path):
         run_source(clash, tmp_path / "out", classes)
 
 
-def test_crisismmd_missing_image_and_column(tmp_path):
+def test_crisismmd_missing_column(tmp_path):
     classes, cfg = make_crisismmd(tmp_path / "c")
     test_tsv = tmp_path / "c" / "crisismmd_datasplit_all" / "task_humanitarian_text_img_test.tsv"
-    first_image = test_tsv.read_text().splitlines()[1].split("\t")[4]
-    (tmp_path / "c" / first_image).unlink()
-    with pytest.raises(InputError, match=rf"task_humanitarian_text_img_test.tsv:2: image '{first_image}' not found"):
-        run_source(cfg, tmp_path / "out", classes)
     lines = test_tsv.read_text().splitlines()
     test_tsv.write_text("\n".join([lines[0].replace("label_image", "label_img")] + lines[1:]) + "\n")
     with pytest.raises(InputError, match=r"missing column\(s\) \['label_image'\]"):
@@ -241,4 +243,161 @@ def test_crisismmd_missing_split_tsv(tmp_path):
     classes, cfg = make_crisismmd(tmp_path / "c")
     (tmp_path / "c" / "crisismmd_datasplit_all" / "task_humanitarian_text_img_train.tsv").unlink()
     with pytest.raises(InputError, match=r"task_humanitarian_text_img_train.tsv: split TSV missing"):
+        run_source(cfg, tmp_path / "out", classes)
+
+
+# Messy downloads: the gotchas of real copies, through prepare_dataset ------------------------------
+
+def prepare(tmp_path, classes, cfg, **options):
+    """prepare_dataset into ``<tmp>/data/<kind>``; returns the output folder and the kept rows."""
+    out = tmp_path / "data" / cfg["kind"]
+    options = {"on_bad_image": "fail", "allow_train_only_classes": True, **options}
+    return out, prepare_dataset(cfg["kind"], cfg, classes, "things", out_dir=out, **options)
+
+
+def prepare_error(tmp_path, classes, cfg, **options) -> str:
+    with pytest.raises(InputError) as caught:
+        prepare(tmp_path, classes, cfg, **options)
+    assert not (tmp_path / "data" / cfg["kind"] / "manifest.csv").exists()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["crisismmd", "dtd"])
+def test_missing_listed_image_is_skippable_and_reported_where_listed(tmp_path, kind):
+    if kind == "crisismmd":
+        classes, cfg = make_crisismmd(tmp_path / "CrisisMMD_v2.0")
+        missing = crisismmd_image(tmp_path / "CrisisMMD_v2.0", "test", 0)
+        where = f"{crisismmd_tsv(tmp_path / 'CrisisMMD_v2.0', 'test')}:2"
+    else:
+        classes, cfg = make_dtd(tmp_path / "dtd")
+        missing = tmp_path / "dtd" / "images" / "blotchy" / "blotchy_0002.jpg"
+        where = f"{tmp_path / 'dtd' / 'labels' / 'train1.txt'}:4"
+    missing.unlink()
+    assert f"{missing}: missing (listed in {where})" in prepare_error(tmp_path, classes, cfg)
+
+    out, rows = prepare(tmp_path, classes, cfg, on_bad_image="skip")
+    assert str(missing) not in [r.image_path for r in rows]
+    assert (out / "bad_images.txt").read_text() == f"{missing}\tmissing (listed in {where})\n"
+    assert f"skipped 1 bad image(s) (1 missing) because data.on_bad_image is skip; they are listed in " \
+           f"{out / 'bad_images.txt'}" in (out / "warnings.txt").read_text()
+
+
+def test_zero_byte_image_message_offers_the_skip_key(tmp_path):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    image = make_zero_byte(crisismmd_image(tmp_path / "c", "train", 0))
+    message = prepare_error(tmp_path, classes, cfg)
+    assert f"{image}: zero-byte file" in message
+    assert "data.on_bad_image: skip" in message and "remove it" not in message
+
+
+def test_messages_name_the_output_folder_never_the_staging_folder(tmp_path, caplog):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    truncate_image(crisismmd_image(tmp_path / "c", "train", 0))
+    out = tmp_path / "data" / "crisismmd"
+    message = prepare_error(tmp_path, classes, cfg)
+    assert str(out / "bad_images.txt") in message and ".prepare." not in message
+    with caplog.at_level(logging.WARNING):
+        prepare(tmp_path, classes, cfg, on_bad_image="skip")
+    assert f"they are listed in {out / 'bad_images.txt'}" in caplog.text
+    assert ".prepare." not in caplog.text + (out / "warnings.txt").read_text()
+
+
+def test_fail_finds_every_bad_file_before_failing(tmp_path):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    cfg["train_splits"] = ["train", "dev"]  # so that every class keeps a train image when skipping
+    zero = make_zero_byte(crisismmd_image(tmp_path / "c", "train", 0))
+    cut = truncate_image(crisismmd_image(tmp_path / "c", "train", 4))
+    gone = crisismmd_image(tmp_path / "c", "test", 0)
+    gone.unlink()
+    out = tmp_path / "data" / "crisismmd"
+    message = prepare_error(tmp_path, classes, cfg)
+    full_list = bad_image_list_path(out)
+    assert message.startswith(f"{out}: 3 bad image file(s) (1 zero-byte file, 1 corrupt or unreadable image, "
+                              f"1 missing); full list in {full_list}.")
+    for path in (zero, cut, gone):
+        assert f"\n  {path}: " in message
+    assert full_list == tmp_path / "data" / "crisismmd.bad_images.txt"  # beside the folder: a failed job's
+    assert [line.split("\t")[0] for line in full_list.read_text().splitlines()] == [str(zero), str(cut), str(gone)]
+    # Once the files are dealt with, a successful run removes the stale list.
+    out, rows = prepare(tmp_path, classes, cfg, on_bad_image="skip")
+    assert not full_list.exists() and len((out / "bad_images.txt").read_text().splitlines()) == 3
+
+
+def test_every_manifest_row_records_its_content_hash(tmp_path):
+    classes, cfg = make_dtd(tmp_path / "dtd")
+    out, rows = prepare(tmp_path, classes, cfg)
+    stored = read_manifest(out / "manifest.csv")
+    assert stored == rows and len(stored) == 9
+    for row in stored:
+        assert row.sha256 == hashlib.sha256(Path(row.image_path).read_bytes()).hexdigest()
+
+
+def test_symlink_within_a_split_is_kept_once_with_a_warning(tmp_path):
+    classes, cfg = make_plantdoc(tmp_path / "pd")
+    folder = tmp_path / "pd" / "train" / "Apple Scab Leaf"
+    link = link_image(folder / "apple_0.jpg", folder / "same_leaf.jpg")
+    out, rows = prepare(tmp_path, classes, cfg)
+    assert len(rows) == 9 and str(link) not in [r.image_path for r in rows]
+    assert (f"{link}: the same file (a symlink or a repeated entry) as {folder / 'apple_0.jpg'}, both in train; "
+            f"kept once") in (out / "warnings.txt").read_text()
+
+
+@pytest.mark.parametrize("how", ["symlink", "copy"])
+def test_image_in_train_and_test_is_an_error_or_dropped_from_train(tmp_path, how):
+    classes, cfg = make_plantdoc(tmp_path / "pd")
+    train_image = tmp_path / "pd" / "train" / "Apple Scab Leaf" / "apple_0.jpg"
+    leak = tmp_path / "pd" / "test" / "Apple Scab Leaf" / "leaked.jpg"
+    link_image(train_image, leak) if how == "symlink" else shutil.copy(train_image, leak)
+    sameness = "the same file (a symlink or a repeated entry)" if how == "symlink" else "the same content"
+    message = prepare_error(tmp_path, classes, cfg)
+    assert "1 image(s) in both train and test, which leaks the test set" in message
+    assert "data.cross_split_duplicates: drop_from_train" in message
+    assert f"\n  {train_image} (train) and {leak} (test): {sameness}" in message
+
+    out, rows = prepare(tmp_path, classes, cfg, cross_split_duplicates="drop_from_train")
+    paths = [r.image_path for r in rows]
+    assert str(train_image) not in paths and str(leak) in paths
+    assert "dropped from train" in (out / "warnings.txt").read_text()
+
+
+def test_tab_inside_a_tweet_is_an_error_naming_tsv_and_line(tmp_path):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    line = put_tab_in_tweet(tmp_path / "c", "train", 2)
+    tsv = crisismmd_tsv(tmp_path / "c", "train")
+    with pytest.raises(InputError, match=rf"{re.escape(str(tsv))}:{line}: 1 row\(s\) without the header's 9 "
+                                         rf"tab-separated fields, on line\(s\) {line} \(10 fields\); a tab inside"):
+        run_source(cfg, tmp_path / "out", classes)
+
+
+def test_crlf_tsvs_read_like_lf_ones(tmp_path):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    expected = run_source(cfg, tmp_path / "out", classes)
+    for split in ("train", "dev", "test"):
+        tsv = crisismmd_tsv(tmp_path / "c", split)
+        tsv.write_bytes(tsv.read_bytes().replace(b"\n", b"\r\n"))
+    assert run_source(cfg, tmp_path / "out", classes) == expected
+
+
+def test_nested_split_folder_is_spotted(tmp_path):
+    classes, cfg = make_crisismmd(tmp_path / "c")
+    inner = nest_folder(tmp_path / "c" / "crisismmd_datasplit_all")
+    with pytest.raises(InputError, match=rf"found '{re.escape(str(inner))}/task_humanitarian_text_img_train.tsv': "
+                                         r"the folder is one level deeper; move the files of"):
+        run_source(cfg, tmp_path / "out", classes)
+
+
+def test_nested_list_folder_is_spotted(tmp_path):
+    classes, cfg = make_dtd(tmp_path / "dtd")
+    inner = nest_folder(tmp_path / "dtd" / "labels")
+    with pytest.raises(InputError, match=rf"labels/train1.txt: split list missing \(found "
+                                         rf"'{re.escape(str(inner))}/train1.txt': the folder is one level deeper"):
+        run_source(cfg, tmp_path / "out", classes)
+
+
+@pytest.mark.parametrize("make", [make_plantdoc, make_dermnet])
+def test_nested_class_tree_split_folder_is_spotted(tmp_path, make):
+    classes, cfg = make(tmp_path / "root")
+    nest_folder(tmp_path / "root" / "test")
+    with pytest.raises(InputError, match=r"root/test: holds only the folder 'test': the split folder is one "
+                                         r"level deeper"):
         run_source(cfg, tmp_path / "out", classes)

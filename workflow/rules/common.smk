@@ -95,6 +95,17 @@ def default_preprocessing():
     return MODEL.get("image_preprocessing", "pad")
 
 
+# The two data switches below ride on an existing param and only when set, so that configs without
+# them keep their recorded params (Snakemake compares param values, not names).
+def exif_transpose_flag():
+    return " --exif-transpose" if config.get("data", {}).get("exif_transpose", False) else ""
+
+
+def cross_split_duplicates_flag():
+    policy = config.get("data", {}).get("cross_split_duplicates", "fail")
+    return f" --cross-split-duplicates {policy}" if policy != "fail" else ""
+
+
 def setting_preprocessing(setting):
     """A setting's image preprocessing: its own key, else the model's (config `model.image_preprocessing`)."""
     return config["settings"][setting].get("image_preprocessing", default_preprocessing())

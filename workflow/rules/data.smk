@@ -13,7 +13,7 @@ rule prepare_dataset:
         source=lambda wc: as_json(config["datasets"][wc.dataset]["source"]),
         classes=lambda wc: as_json(config["datasets"][wc.dataset]["classes"]),
         task=lambda wc: shlex.quote(config["datasets"][wc.dataset]["task"]),
-        on_bad_image=config.get("data", {}).get("on_bad_image", "fail"),
+        on_bad_image=config.get("data", {}).get("on_bad_image", "fail") + cross_split_duplicates_flag(),
         train_only=("--allow-train-only-classes" if config.get("data", {}).get("allow_train_only_classes", True)
                     else "--no-allow-train-only-classes"),
     conda:

@@ -12,7 +12,7 @@ rule extract_vision_features:
         f"{RESULTS}/features/{{dataset}}/vision.safetensors",
     params:
         vision=as_json(vision_spec()),
-        preprocessing=default_preprocessing(),
+        preprocessing=default_preprocessing() + exif_transpose_flag(),
         batch_size=config.get("features", {}).get("batch_size", 32),
         num_workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),
@@ -36,7 +36,7 @@ use rule extract_vision_features as extract_vision_features_variant with:
         f"{RESULTS}/features/{{dataset}}/vision_{{preprocessing}}.safetensors",
     params:
         vision=as_json(vision_spec()),
-        preprocessing=lambda wc: wc.preprocessing,
+        preprocessing=lambda wc: wc.preprocessing + exif_transpose_flag(),
         batch_size=config.get("features", {}).get("batch_size", 32),
         num_workers=config.get("features", {}).get("num_workers", 0),
         device=MODEL.get("device", "cpu"),

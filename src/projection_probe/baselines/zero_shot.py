@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from projection_probe.baselines.random_baseline import predictions_frame
-from projection_probe.data.images import load_rgb, preprocess
+from projection_probe.data.images import load_rgb, preprocess, worker_errors_as_input_errors
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,7 @@ def clip_zero_shot_predictions(test: pd.DataFrame, classes: list[str], model_pat
                         pin_memory=torch_device.type == "cuda")
     log.info("CLIP zero-shot: %d images, %d classes, %d template(s), %s preprocessing at %d px",
              len(images), len(classes), len(templates), image_preprocessing, size)
-    probabilities = zero_shot_probabilities(model, text_embeddings, loader)
+    with worker_errors_as_input_errors():
+        probabilities = zero_shot_probabilities(model, text_embeddings, loader)
     top = probabilities.argmax(axis=1)
     return predictions_frame(test, [classes[i] for i in top], mode="clip_zero_shot"), probabilities

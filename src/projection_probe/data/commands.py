@@ -8,6 +8,7 @@ from pathlib import Path
 
 def register(subparsers) -> None:
     from projection_probe.data.download import register_download_commands
+    from projection_probe.data.manifest import BAD_IMAGE_POLICIES, CROSS_SPLIT_DUPLICATE_POLICIES
 
     register_download_commands(subparsers)
     p = subparsers.add_parser(
@@ -17,7 +18,12 @@ def register(subparsers) -> None:
     p.add_argument("--source-json", required=True, help="the dataset's `source:` config dict as JSON")
     p.add_argument("--classes-json", required=True, help="the pinned class list as a JSON list of strings")
     p.add_argument("--task", required=True, help="phrase completing 'categories relating to ...'")
-    p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
+    p.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
+                   help="missing, empty or undecodable images: fail listing them all (default), or drop "
+                        "them and list them in bad_images.txt")
+    p.add_argument("--cross-split-duplicates", choices=CROSS_SPLIT_DUPLICATE_POLICIES, default="fail",
+                   help="an image in both train and test (same file or same bytes): fail (default) or drop "
+                        "its train copies")
     p.add_argument("--allow-train-only-classes", action=argparse.BooleanOptionalAction, default=True,
                    help="a class with train images but no test images is a warning (default) or an error")
     p.add_argument("--out-dir", required=True, type=Path)
@@ -49,7 +55,7 @@ def prepare_dataset_command(args) -> int:
     classes = _parse_json_arg("--classes-json", args.classes_json)
     prepare_dataset(dataset=args.dataset, source_cfg=source_cfg, classes=classes, task=args.task,
                     on_bad_image=args.on_bad_image, allow_train_only_classes=args.allow_train_only_classes,
-                    out_dir=args.out_dir)
+                    out_dir=args.out_dir, cross_split_duplicates=args.cross_split_duplicates)
     return 0
 
 

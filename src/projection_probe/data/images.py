@@ -1,29 +1,107 @@
 """Image loading and LLaVA's two preprocessing choices (`pad` and `square`)."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import re
+import traceback
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from projection_probe.io import InputError
 
+# What a user can do about an unreadable image, wherever it is met: prepare_dataset checks every
+# image, so one met later was changed after that check.
+BAD_IMAGE_ADVICE = ("re-download it, or set data.on_bad_image: skip so that prepare_dataset drops it "
+                    "and lists it in bad_images.txt")
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB. Grey, palette, RGBA (composited on white), CMYK and 16-bit
-    images are converted, not rejected; unreadable files raise InputError naming the file."""
-    path = Path(path)
+
+class BadImageError(InputError):
+    """An image that cannot be used. ``path`` and ``reason`` (e.g. ``zero-byte file``) are kept apart
+    so that the dataset check can list many of them; the message joins them with the advice."""
+
+    def __init__(self, message: str, path: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+    @classmethod
+    def of(cls, path: str | Path, reason: str) -> "BadImageError":
+        return cls(f"{path}: {reason}; {BAD_IMAGE_ADVICE}", str(path), reason)
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The file's bytes; a missing or empty file raises BadImageError naming it."""
     try:
-        if path.stat().st_size == 0:
-            raise InputError(f"{path}: zero-byte image file; remove it or re-download the dataset")
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise BadImageError.of(path, "missing") from None
+    except OSError as e:
+        raise BadImageError.of(path, f"unreadable file ({e.strerror or e})") from None
+    if not data:
+        raise BadImageError.of(path, "zero-byte file")
+    return data
+
+
+def content_hash(data: bytes) -> str:
+    """The manifest's ``sha256`` of an image file's bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_rgb(path: str | Path, data: bytes, exif_transpose: bool = False) -> Image.Image:
+    """Decode ``data`` (the bytes of ``path``) as 8-bit RGB; see ``load_rgb``."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
             return to_rgb(im)
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: image file not found; re-run the dataset preparation") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or unreadable image ({e}); remove it or set "
-                         f"data.on_bad_image: skip") from e
+        raise BadImageError.of(path, f"corrupt or unreadable image ({_describe(e)})") from None
+
+
+def _describe(error: Exception) -> str:
+    # PIL names the BytesIO object ("<_io.BytesIO object at 0x...>"); the message already names the file.
+    return re.sub(r" '?<_io\.BytesIO object at 0x[0-9a-f]+>'?", "", str(error)) or type(error).__name__
+
+
+def load_rgb(path: str | Path, exif_transpose: bool = False) -> Image.Image:
+    """Open an image as 8-bit RGB. Grey, palette, RGBA (composited on white), CMYK and 16-bit
+    images are converted, not rejected; a missing, empty or undecodable file raises BadImageError
+    naming it. ``exif_transpose`` applies the EXIF orientation tag; LLaVA does not (its processors
+    open the file with ``Image.open(...).convert("RGB")``), so the default is off."""
+    return decode_rgb(path, read_image_bytes(path), exif_transpose)
+
+
+@contextlib.contextmanager
+def worker_errors_as_input_errors() -> Iterator[None]:
+    """Around a DataLoader loop: an InputError raised in a worker process reaches the main process
+    wrapped in the worker's whole traceback ("Caught BadImageError in DataLoader worker process 0.
+    Original Traceback ..."); re-raise it with its own message, as with ``num_workers=0``."""
+    try:
+        yield
+    except InputError as e:
+        original = _worker_message(str(e), type(e).__name__)
+        if original is None:
+            raise
+        # Free the DataLoader iterator that the traceback's frames hold: shut down later by the
+        # garbage collector, torch waits 5 s for each worker to exit; now, they exit at once.
+        traceback.clear_frames(e.__traceback__)
+        raise type(e)(original) from None
+
+
+_WORKER_HEADER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _worker_message(text: str, name: str) -> str | None:
+    if not _WORKER_HEADER.match(text):
+        return None
+    # The formatted traceback ends with "<module>.<Name>: <message>".
+    matches = list(re.finditer(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", text, re.M))
+    return text[matches[-1].end():].rstrip("\n") if matches else None
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -7,15 +7,18 @@ so that its modules can register themselves without this module importing them e
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 from typing import Callable
 
-from projection_probe.data.manifest import ManifestRow
+from projection_probe.data.manifest import ManifestRow, SourceRows
 from projection_probe.io import InputError
 
 SourceFunction = Callable[[dict, Path, list[str]], list[ManifestRow]]
 
 _SOURCES: dict[str, SourceFunction] = {}
+
+log = logging.getLogger(__name__)
 
 # Modules whose import registers more kinds; a missing one is skipped (the real-dataset preparers
 # are optional).
@@ -57,11 +60,13 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def run_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> list[ManifestRow]:
-    """Dispatch ``source_cfg["kind"]`` and return its rows."""
+def run_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> SourceRows:
+    """Dispatch ``source_cfg["kind"]`` and return its rows. Rows whose image is missing are returned
+    too: ``prepare_dataset`` reports them with the other bad images."""
     if not isinstance(source_cfg, dict) or "kind" not in source_cfg:
         raise InputError(f"source: {source_cfg!r} needs a 'kind' key naming one of {available_sources()}")
-    return get_source(source_cfg["kind"])(source_cfg, Path(out_dir), list(classes))
+    rows = get_source(source_cfg["kind"])(source_cfg, Path(out_dir), list(classes))
+    return rows if isinstance(rows, SourceRows) else SourceRows(rows)
 
 
 def check_class_list(classes, where: str = "--classes-json") -> list[str]:
@@ -80,23 +85,39 @@ def check_class_list(classes, where: str = "--classes-json") -> list[str]:
     return list(classes)
 
 
+def bad_image_list_path(out_dir: Path) -> Path:
+    """Where a failed ``prepare-dataset`` lists every bad image: beside the output folder, because a
+    failed job's outputs (``bad_images.txt`` among them) are deleted by Snakemake."""
+    return out_dir.parent / f"{out_dir.name}.bad_images.txt"
+
+
 def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: str, on_bad_image: str,
-                    allow_train_only_classes: bool, out_dir: str | Path) -> list[ManifestRow]:
-    """Run the source, check every image, validate the rows and write ``manifest.csv``,
-    ``classes.json``, ``bad_images.txt`` and ``warnings.txt`` into ``out_dir``.
+                    allow_train_only_classes: bool, out_dir: str | Path,
+                    cross_split_duplicates: str = "fail") -> list[ManifestRow]:
+    """Run the source, check and hash every image, drop duplicates, validate the rows and write
+    ``manifest.csv``, ``classes.json``, ``bad_images.txt`` and ``warnings.txt`` into ``out_dir``.
+
+    Every bad image (missing, empty, undecodable) is found before anything fails: with
+    ``on_bad_image="fail"`` the error lists them and the full list goes to ``bad_image_list_path``;
+    with ``"skip"`` they are dropped, listed in ``bad_images.txt`` and counted in ``warnings.txt``.
 
     The four files are staged in a temporary folder and moved in only after everything passed,
     ``manifest.csv`` last, and an older ``manifest.csv`` is removed first: a failed run leaves no
-    manifest, so nothing downstream mistakes a half-built dataset for a finished one.
+    manifest, so nothing downstream mistakes a half-built dataset for a finished one. Messages name
+    the final paths, never the staging folder.
     """
     import os
     import shutil
     import tempfile
 
-    from projection_probe.data.manifest import check_images, validate_manifest, write_manifest
+    from projection_probe.data.manifest import (BAD_IMAGE_POLICIES, bad_images_error, check_images,
+                                                count_by_kind, resolve_duplicates, validate_manifest,
+                                                write_bad_image_report, write_manifest)
     from projection_probe.io import write_json, write_text
 
     classes = check_class_list(classes)
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise InputError(f"data.on_bad_image: unknown value {on_bad_image!r}; use one of {list(BAD_IMAGE_POLICIES)}")
     root = source_cfg.get("root") if isinstance(source_cfg, dict) else None
     if root is not None and not Path(root).exists():
         # A missing download is the commonest first-run error: say where the files come from.
@@ -113,12 +134,26 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / "manifest.csv"
     manifest_path.unlink(missing_ok=True)
+    full_bad_list = bad_image_list_path(out_dir)
+    full_bad_list.unlink(missing_ok=True)
+    where = f"{manifest_path} (dataset {dataset!r}, source kind {source_cfg.get('kind')!r})"
     staging = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=out_dir))
     try:
-        rows = run_source(source_cfg, out_dir, classes)
-        rows = check_images(rows, on_bad_image, staging / "bad_images.txt")
-        warnings = validate_manifest(rows, classes, f"{manifest_path} (dataset {dataset!r}, source kind "
-                                     f"{source_cfg.get('kind')!r})", allow_train_only_classes)
+        listed = run_source(source_cfg, out_dir, classes)
+        rows, bad = check_images(listed, listed.listed_at)
+        warnings: list[str] = []
+        if bad and on_bad_image == "fail":
+            write_bad_image_report(full_bad_list, bad)
+            raise bad_images_error(bad, out_dir, full_bad_list)
+        if bad:
+            message = (f"skipped {len(bad)} bad image(s) ({count_by_kind(bad)}) because data.on_bad_image is "
+                       f"skip; they are listed in {out_dir / 'bad_images.txt'}")
+            log.warning("%s: %s", where, message)
+            warnings.append(message)
+        rows, duplicate_warnings = resolve_duplicates(rows, cross_split_duplicates, where)
+        warnings += duplicate_warnings
+        warnings += validate_manifest(rows, classes, where, allow_train_only_classes)
+        write_bad_image_report(staging / "bad_images.txt", bad)
         write_json(staging / "classes.json", {"task": task, "classes": classes})
         write_text(staging / "warnings.txt", "".join(f"{w}\n" for w in warnings))
         write_manifest(staging / "manifest.csv", rows)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from projection_probe.data.images import load_rgb
+from projection_probe.data.images import load_rgb, worker_errors_as_input_errors
 from projection_probe.io import InputError, load_safetensors, save_safetensors
 
 log = logging.getLogger(__name__)
@@ -55,26 +55,26 @@ def load_vision_cache(path: str | Path) -> VisionCache:
 
 
 class _ImageDataset(Dataset):
-    def __init__(self, paths, vision, mode):
-        self.paths, self.vision, self.mode = paths, vision, mode
+    def __init__(self, paths, vision, mode, exif_transpose=False):
+        self.paths, self.vision, self.mode, self.exif_transpose = paths, vision, mode, exif_transpose
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return self.vision.preprocess_images([load_rgb(self.paths[i])], self.mode)[0]
+        return self.vision.preprocess_images([load_rgb(self.paths[i], self.exif_transpose)], self.mode)[0]
 
 
 def build_vision_cache(vision, image_paths: list[str], out_path: str | Path, image_preprocessing: str,
                        batch_size: int = 32, num_workers: int = 0, dtype: torch.dtype = torch.float16,
-                       device: str = "cpu") -> None:
+                       device: str = "cpu", exif_transpose: bool = False) -> None:
     """Encode every image once and save X_v and the pooled vector. Image decoding runs in
     DataLoader workers so that the vision tower is not starved on a GPU."""
-    loader = DataLoader(_ImageDataset(image_paths, vision, image_preprocessing), batch_size=batch_size,
-                        num_workers=num_workers, shuffle=False)
+    loader = DataLoader(_ImageDataset(image_paths, vision, image_preprocessing, exif_transpose),
+                        batch_size=batch_size, num_workers=num_workers, shuffle=False)
     x_chunks, pooled_chunks = [], []
     vision = vision.to(device).eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), worker_errors_as_input_errors():
         for pixels in tqdm(loader, desc="vision features", unit="batch"):
             pixels = pixels.to(device)
             x_v, pooled = vision.encode_with_pooled(pixels)

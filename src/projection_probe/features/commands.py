@@ -1,6 +1,7 @@
 """CLI: extract-vision-features (X_v cache per dataset) and extract-features (pooled pre/post)."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from projection_probe.io import InputError
@@ -14,7 +15,7 @@ def _set_threads(n: int) -> None:
 
 
 def run_extract_vision(args) -> None:
-    from projection_probe.data.manifest import read_manifest
+    from projection_probe.data.manifest import read_manifest, verify_image_hashes
     from projection_probe.features.cache import build_vision_cache
     from projection_probe.models.loaders import build_vision, resolve_device
 
@@ -23,10 +24,12 @@ def run_extract_vision(args) -> None:
         spec = json.loads(args.vision_json)
     except json.JSONDecodeError as e:
         raise InputError(f"--vision-json: not valid JSON ({e})") from e
+    rows = read_manifest(args.manifest)
+    verify_image_hashes(rows, args.manifest)  # before the model loads: a stale manifest fails fast
     vision = build_vision(spec)
-    paths = [r.image_path for r in read_manifest(args.manifest)]
-    build_vision_cache(vision, paths, args.out, args.image_preprocessing, batch_size=args.batch_size,
-                       num_workers=args.num_workers, device=resolve_device(args.device))
+    build_vision_cache(vision, [r.image_path for r in rows], args.out, args.image_preprocessing,
+                       batch_size=args.batch_size, num_workers=args.num_workers,
+                       device=resolve_device(args.device), exif_transpose=args.exif_transpose)
 
 
 def run_extract_features(args) -> None:
@@ -42,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--vision-json", required=True, help='vision spec, e.g. {"kind": "efficientnet_lite0"}')
     p.add_argument("--manifest", required=True)
     p.add_argument("--image-preprocessing", choices=["pad", "square"], default="pad")
+    p.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=False,
+                   help="apply each image's EXIF orientation (default: off, as LLaVA reads images)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cpu")

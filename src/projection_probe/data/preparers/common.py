@@ -43,8 +43,9 @@ def require_dir(path: Path, kind: str, layout_hint: str) -> Path:
 
 
 def _nested_candidate(path: Path) -> Path | None:
-    """An archive often extracts into one extra top folder (``dtd/``, ``PlantDoc-Dataset-master/``);
-    find ``root/<single child>/<name>`` so the error can say where the data really is."""
+    """An archive often extracts into one extra top folder (``dtd/``, ``PlantDoc-Dataset-master/``,
+    ``crisismmd_datasplit_all/crisismmd_datasplit_all/``); find ``<parent>/<child>/<name>`` so the error
+    can say where the data really is."""
     root = path.parent
     if not root.is_dir():
         return None
@@ -52,6 +53,25 @@ def _nested_candidate(path: Path) -> Path | None:
         candidate = child / path.name
         if child.is_dir() and candidate.exists():
             return candidate
+    return None
+
+
+def nested_file_hint(path: Path) -> str:
+    """For a missing index file (split TSV, split list) that sits one folder deeper, as when a zip of
+    ``x/`` is unzipped into ``x/``: `` (found '<x>/<x>/<name>': the folder is one level deeper; ...)``.
+    Otherwise an empty string."""
+    nested = _nested_candidate(path)
+    if nested is None:
+        return ""
+    return (f" (found {str(nested)!r}: the folder is one level deeper; move the files of {str(nested.parent)!r} "
+            f"up into {str(path.parent)!r})")
+
+
+def nested_split_folder(split_dir: Path) -> Path | None:
+    """``train/train/<class>/``: a split folder unzipped into a folder of its own name."""
+    inner = [p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(inner) == 1 and normalise_label(inner[0].name) == normalise_label(split_dir.name):
+        return inner[0]
     return None
 
 
@@ -116,11 +136,12 @@ class LabelResolver:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder`` (recursively), sorted; hidden entries are ignored and other files
-    are skipped with one warning per folder."""
+    are skipped with one warning per folder. A broken symlink with an image suffix is listed, so that
+    the image check reports it as missing instead of it vanishing."""
     images: list[Path] = []
     skipped: list[Path] = []
     for path in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.is_dir():
             continue
         (images if path.suffix.lower() in IMAGE_SUFFIXES else skipped).append(path)
     if skipped:
@@ -137,6 +158,11 @@ def class_folder_rows(root: Path, split_folders: dict[str, str], resolver: Label
     classes_by_split: dict[str, set[str]] = {}
     for split, folder_name in split_folders.items():
         split_dir = require_dir(root / folder_name, kind, layout_hint)
+        nested = nested_split_folder(split_dir)
+        if nested is not None:
+            raise InputError(f"{split_dir}: holds only the folder {nested.name!r}: the split folder is one level "
+                             f"deeper; move the class folders of {str(nested)!r} up into {str(split_dir)!r} "
+                             f"(source.root must hold {layout_hint})")
         found: set[str] = set()
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
             label = resolver.resolve(class_dir.name, where=str(class_dir))

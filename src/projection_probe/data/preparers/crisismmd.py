@@ -21,9 +21,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from projection_probe.data.manifest import ManifestRow
-from projection_probe.data.preparers.common import (LabelResolver, read_label_map, require_dir,
-                                                    source_root)
+from projection_probe.data.manifest import LISTED_IN_MESSAGE, ManifestRow, SourceRows
+from projection_probe.data.preparers.common import (LabelResolver, nested_file_hint, read_label_map,
+                                                    require_dir, source_root)
 from projection_probe.data.sources import register_source
 from projection_probe.io import InputError
 
@@ -88,7 +88,7 @@ def drop_labels(source_cfg: dict, label_map: dict[str, str | None]) -> set[str]:
 
 
 @register_source(KIND)
-def crisismmd_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> list[ManifestRow]:
+def crisismmd_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> SourceRows:
     """Keys: ``root`` (required), ``label_map`` (required: raw label -> class string or null),
     ``drop_labels`` (default []), ``train_splits`` (default ["train"]), ``label_column`` (default
     "label_image"), ``split_file_pattern`` (default
@@ -110,20 +110,22 @@ def crisismmd_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> lis
         raise InputError(f"source.split_file_pattern: {pattern!r} must contain '{{split}}'")
     require_dir(root / IMAGES_FOLDER, KIND, LAYOUT)
 
-    rows: list[ManifestRow] = []
+    rows = SourceRows()
     plan = [(official, "train") for official in train_splits(source_cfg)] + [(TEST_SPLIT, "test")]
     for official, split in plan:
         tsv = root / pattern.format(split=official)
-        rows.extend(_rows_from_tsv(tsv, root, split, label_column, resolver))
+        _add_rows_from_tsv(rows, tsv, root, split, label_column, resolver)
     return rows
 
 
-def _rows_from_tsv(tsv: Path, root: Path, split: str, label_column: str,
-                   resolver: LabelResolver) -> list[ManifestRow]:
+def _add_rows_from_tsv(rows: SourceRows, tsv: Path, root: Path, split: str, label_column: str,
+                       resolver: LabelResolver) -> None:
+    """Append one row per kept TSV row; a listed image that is missing stays a row (with the line it
+    came from) for ``prepare_dataset``'s image check to report."""
     if not tsv.is_file():
-        raise InputError(f"{tsv}: split TSV missing; source.root must hold {LAYOUT}")
-    rows: list[ManifestRow] = []
+        raise InputError(f"{tsv}: split TSV missing{nested_file_hint(tsv)}; source.root must hold {LAYOUT}")
     dropped: Counter[str] = Counter()
+    wrong_width: list[str] = []
     # Tweet texts contain quote characters, so quoting is off: a field ends only at a tab.
     with open(tsv, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -134,6 +136,12 @@ def _rows_from_tsv(tsv: Path, root: Path, split: str, label_column: str,
                              f"CrisisMMD v2.0 columns {list(TSV_COLUMNS)}")
         for record in reader:
             where = f"{tsv}:{reader.line_num}"
+            # A tab inside a tweet adds a field and shifts every later column: label_image would be
+            # read from another column, so such a row is an error, never a guess.
+            if None in record or None in record.values():
+                fields = len(header) + len(record.get(None, [])) - sum(v is None for v in record.values())
+                wrong_width.append(f"{reader.line_num} ({fields} fields)")
+                continue
             image = (record.get(IMAGE_COLUMN) or "").strip()
             raw = (record.get(label_column) or "").strip()
             if not image or not raw:
@@ -143,15 +151,18 @@ def _rows_from_tsv(tsv: Path, root: Path, split: str, label_column: str,
             if label is None:
                 dropped[raw] += 1
                 continue
-            image_path = root / image
-            if not image_path.is_file():
-                raise InputError(f"{where}: image {image!r} not found at {image_path}; extract "
-                                 f"CrisisMMD_v2.0.tar.gz into source.root so that {IMAGES_FOLDER}/ is beside "
-                                 f"the split folder")
-            rows.append(ManifestRow(str(image_path), label, split))
+            image_path = str(root / image)
+            rows.append(ManifestRow(image_path, label, split))
+            rows.listed_at[image_path] = where
+    if wrong_width:
+        shown = ", ".join(wrong_width[:LISTED_IN_MESSAGE])
+        if len(wrong_width) > LISTED_IN_MESSAGE:
+            shown += f" and {len(wrong_width) - LISTED_IN_MESSAGE} more"
+        raise InputError(f"{tsv}:{wrong_width[0].split()[0]}: {len(wrong_width)} row(s) without the header's "
+                         f"{len(header)} tab-separated fields, on line(s) {shown}; a tab inside a tweet text "
+                         f"shifts the columns: replace it with a space, or re-download the official split TSVs")
     if dropped:
         log.info("%s: dropped %d row(s) by label: %s", tsv, sum(dropped.values()), dict(sorted(dropped.items())))
-    return rows
 
 
 def _resolve(resolver: LabelResolver, raw: str, tsv: Path) -> str | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from projection_probe.data.manifest import ManifestRow
-from projection_probe.data.preparers.common import (LabelResolver, read_label_map, require_dir,
-                                                    source_root)
+from projection_probe.data.manifest import ManifestRow, SourceRows
+from projection_probe.data.preparers.common import (LabelResolver, nested_file_hint, read_label_map,
+                                                    require_dir, source_root)
 from projection_probe.data.sources import register_source
 from projection_probe.io import InputError
 
@@ -36,25 +36,28 @@ def split_index(source_cfg: dict) -> int:
 
 
 @register_source(KIND)
-def dtd_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> list[ManifestRow]:
+def dtd_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> SourceRows:
     """Keys: ``root`` (required), ``split_index`` (default 1), ``label_map`` (optional, folder -> class)."""
     root = source_root(source_cfg, KIND, LAYOUT)
     k = split_index(source_cfg)
     images_dir = require_dir(root / IMAGES_FOLDER, KIND, LAYOUT)
     labels_dir = require_dir(root / LABELS_FOLDER, KIND, LAYOUT)
     resolver = LabelResolver(classes, read_label_map(source_cfg, classes))
-    rows: list[ManifestRow] = []
+    rows = SourceRows()
     for split, pattern in SPLIT_LIST_PATTERNS.items():
         list_file = labels_dir / pattern.format(k=k)
-        rows.extend(_rows_from_list(list_file, images_dir, split, resolver))
+        _add_rows_from_list(rows, list_file, images_dir, split, resolver)
     return rows
 
 
-def _rows_from_list(list_file: Path, images_dir: Path, split: str, resolver: LabelResolver) -> list[ManifestRow]:
+def _add_rows_from_list(rows: SourceRows, list_file: Path, images_dir: Path, split: str,
+                        resolver: LabelResolver) -> None:
+    """Append one row per line of ``list_file``; a listed file that is missing stays a row (with the
+    line it came from) for ``prepare_dataset``'s image check to report."""
     if not list_file.is_file():
-        raise InputError(f"{list_file}: split list missing; source.root must hold {LAYOUT} "
-                         f"(or set source.split_index to a split that exists)")
-    rows = []
+        raise InputError(f"{list_file}: split list missing{nested_file_hint(list_file)}; source.root must hold "
+                         f"{LAYOUT} (or set source.split_index to a split that exists)")
+    count = len(rows)
     for line_number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
         entry = line.strip()
         if not entry:
@@ -64,11 +67,8 @@ def _rows_from_list(list_file: Path, images_dir: Path, split: str, resolver: Lab
         if len(parts) != 2 or not all(parts):
             raise InputError(f"{where}: entry {entry!r} is not '<class>/<file>' like 'banded/banded_0002.jpg'; "
                              f"re-extract the official archive")
-        image_path = images_dir / entry
-        if not image_path.is_file():
-            raise InputError(f"{where}: listed image {entry!r} not found at {image_path}; re-extract the "
-                             f"official archive into source.root")
-        rows.append(ManifestRow(str(image_path), resolver.resolve(parts[0], where=where), split))
-    if not rows:
+        image_path = str(images_dir / entry)
+        rows.append(ManifestRow(image_path, resolver.resolve(parts[0], where=where), split))
+        rows.listed_at[image_path] = where
+    if len(rows) == count:
         raise InputError(f"{list_file}: split list is empty; re-extract the official archive")
-    return rows
