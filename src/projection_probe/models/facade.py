@@ -112,7 +112,32 @@ class MultimodalLM(nn.Module):
         return ids, image_start
 
     def answer_token_ids(self, answer: str) -> list[int]:
-        return self.tokenizer(self.template.render_answer(answer, self.eos_text), add_special_tokens=False).input_ids
+        """The answer's ids (EOS included) as the whole conversation tokenizes them, which is what
+        LLaVA trains on (`preprocess_v1` tokenizes and masks the conversation): tokenized after the
+        template text that precedes every answer, whose own ids are then cut off. Tokenized alone, a
+        SentencePiece tokenizer can give the answer an extra leading `▁`."""
+        return self._ids_after(self.template.answer_context, self.template.render_answer(answer, self.eos_text))
+
+    def _ids_after(self, context: str, text: str) -> list[int]:
+        head = self.tokenizer(context, add_special_tokens=False).input_ids if context else []
+        whole = self.tokenizer(context + text, add_special_tokens=False).input_ids
+        if whole[:len(head)] != head:
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: {text!r} changes the tokens of the "
+                             f"text before it ({context[-40:]!r}), so the answer's tokens inside the "
+                             "conversation cannot be told apart; use a tokenizer that keeps them apart")
+        return whole[len(head):]
+
+    def conversation_answer_ids(self, human_turn: str, answer: str) -> list[int]:
+        """The answer's ids inside this very conversation (the training target), refused unless they are
+        the ids that `score_labels` and `constrained_generate` score."""
+        after = self.template.render_prompt(human_turn).split(IMAGE_PLACEHOLDER, 1)[1]
+        text = self.template.render_answer(answer, self.eos_text)
+        ids = self._ids_after(after, text)
+        if ids != self.answer_token_ids(answer):
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: the answer {text!r} tokenizes as {ids} "
+                             f"after this prompt but as {self.answer_token_ids(answer)} after "
+                             f"{self.template.answer_context!r}; training and scoring would disagree")
+        return ids
 
     def build_inputs(self, prompts: list[str], answers: list[str] | None = None,
                      padding_side: str | None = None, max_length: int | None = None) -> ModelInputs:
@@ -127,7 +152,7 @@ class MultimodalLM(nn.Module):
             image_starts.append(image_start)
             labels = [IGNORE_INDEX] * len(ids)
             if answers is not None:
-                answer_ids = self.answer_token_ids(answers[i])
+                answer_ids = self.conversation_answer_ids(prompt, answers[i])
                 ids = ids + answer_ids
                 labels = labels + answer_ids
             if max_length is not None and len(ids) > max_length:
