@@ -63,9 +63,23 @@ def fetch_llama_vocab(folder: str | Path | None = None, timeout_s: int = 600) ->
 
 def load_llama_tokenizer(folder: str | Path):
     """The Llama tokenizer from the GGUF vocabulary, with a pad token and LLaVA-hf's `<image>` token
-    added on top of the 32,000 SentencePiece pieces (`llava-hf/llava-1.5-7b-hf` has both)."""
+    added on top of the 32,000 SentencePiece pieces (`llava-hf/llava-1.5-7b-hf` has both).
+
+    Reading the GGUF file takes seconds, so the converted tokenizer is kept beside it, per
+    transformers version (the conversion is transformers' own)."""
+    import transformers
     from transformers import AutoTokenizer
 
+    converted = Path(folder) / f"converted-transformers-{transformers.__version__}"
+    if (converted / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(converted))
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=VOCAB_FILE)
     tokenizer.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<image>"]})
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, converted)
+        except OSError:  # another process converted it first
+            pass
+        Path(tmp).mkdir(exist_ok=True)  # TemporaryDirectory cleans up the name it made
     return tokenizer
