@@ -252,8 +252,19 @@ class MultimodalLM(nn.Module):
         """Decoding of a left-padded batch: greedy by default, or sampling at `temperature` (the
         authors' 0.2) with a seeded `generator`. Each row stops at EOS or, optionally, at the first
         newline after some non-whitespace text. Returns the decoded new text per row (EOS not included)."""
+        return self.generate_answers(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)[0]
+
+    @torch.inference_mode()
+    def generate_answers(self, inputs: ModelInputs, x_v: torch.Tensor, max_new_tokens: int = 16,
+                         stop_at_newline: bool = True, temperature: float = 0.0,
+                         generator: torch.Generator | None = None) -> tuple[list[str], list[bool]]:
+        """`generate`'s texts, and per row whether it was cut off: it used all `max_new_tokens` tokens
+        without reaching EOS or (with `stop_at_newline`) the end of its answer line."""
         tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)
-        return [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
+        texts = [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
+        cut_off = [len(t) >= max_new_tokens and not (stop_at_newline and answer_line_ended(text))
+                   for t, text in zip(tokens, texts)]
+        return texts, cut_off
 
     def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline, temperature: float = 0.0,
                 generator: torch.Generator | None = None) -> list[list[int]]:
