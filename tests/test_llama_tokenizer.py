@@ -10,6 +10,7 @@ an extra `▁` that the whole conversation does not have.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import yaml
 
 from projection_probe.data.prompts import format_human_turn
+from projection_probe.evaluate.classify import resolve_max_new_tokens
 from projection_probe.io import InputError
 from projection_probe.models.facade import IGNORE_INDEX
 from projection_probe.models.loaders import from_llava_hf
@@ -233,6 +235,21 @@ def test_score_labels_and_constrained_match_full_sequence_scoring(llama_llava):
     assert torch.allclose(scores, expected, atol=1e-3, rtol=1e-4)
     chosen = facade.constrained_generate(inputs, x_v, labels)
     assert chosen == [brute_force_constrained(facade, h, x_v[i:i + 1], labels) for i, h in enumerate(humans)]
+
+
+def test_max_new_tokens_is_derived_per_dataset_from_the_longest_class(llama_llava, caplog):
+    _, facade, _ = llama_llava
+    # the longest class's answer tokens, EOS included, + 4
+    assert resolve_max_new_tokens(facade, DERMNET, None) == 20 + 4  # "Actinic Keratosis ... Lesions"
+    assert resolve_max_new_tokens(facade, DTD, None) == 6 + 4
+    assert resolve_max_new_tokens(facade, PLANTDOC, None) == 11 + 4
+    with caplog.at_level(logging.WARNING, logger="projection_probe.evaluate.classify"):
+        assert resolve_max_new_tokens(facade, DERMNET, 16) == 16  # config/paper.yaml's former value
+        assert "'Actinic Keratosis Basal Cell Carcinoma and other Malignant Lesions'" in caplog.text
+        assert "max_new_tokens is 16" in caplog.text
+        caplog.clear()
+        assert resolve_max_new_tokens(facade, DERMNET, 20) == 20
+        assert caplog.text == ""
 
 
 def test_tokenizer_without_image_token_is_refused(llama_llava, tmp_path):
