@@ -63,7 +63,7 @@ def from_llava_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: 
     mean, std = _processor_mean_std(path)
     vision = ClipVisionEncoder(llava.model.vision_tower, config.vision_feature_layer,
                                config.vision_feature_select_strategy, mean, std)
-    projector = projector_from_llava_config(config, path)
+    projector = projector_from_llava_config(config)
     projector.load_state_dict(llava.model.multi_modal_projector.state_dict(), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     _check_image_token(tokenizer, config.image_token_id, path)
@@ -87,6 +87,7 @@ def _reproducible_llava_config(path: Path, trust_remote_code: bool = False):
     transformers' Llava: the facade's vision encoder reads one hidden layer, and its projector is
     Linear-activation-Linear."""
     from transformers import AutoConfig
+    from transformers.activations import ACT2FN
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     where = path / "config.json"
@@ -96,21 +97,21 @@ def _reproducible_llava_config(path: Path, trust_remote_code: bool = False):
     if not isinstance(config.vision_feature_layer, int):
         raise InputError(f"{where}: vision_feature_layer {config.vision_feature_layer!r} concatenates several "
                          "layers; the facade reads a single layer (an integer)")
+    if config.projector_hidden_act not in ACT2FN:
+        raise InputError(f"{where}: projector_hidden_act {config.projector_hidden_act!r} is not a transformers "
+                         "activation; the facade's projector is Linear, that activation, Linear")
     if config.vision_feature_select_strategy not in ("default", "full"):
         raise InputError(f"{where}: vision_feature_select_strategy {config.vision_feature_select_strategy!r} "
                          "is unknown; the facade reproduces 'default' and 'full'")
     return config
 
 
-def projector_from_llava_config(config, path: Path) -> MLP2xGeluProjector:
+def projector_from_llava_config(config) -> MLP2xGeluProjector:
     """An empty projector of the checkpoint's shape, activation (`projector_hidden_act`) and bias
-    (`multimodal_projector_bias`), for a strict load of its weights."""
-    act = getattr(config, "projector_hidden_act", "gelu")
-    try:
-        return MLP2xGeluProjector(config.vision_config.hidden_size, config.text_config.hidden_size,
-                                  bias=getattr(config, "multimodal_projector_bias", True), hidden_act=act)
-    except InputError as exc:
-        raise InputError(f"{path / 'config.json'}: {exc}") from None
+    (`multimodal_projector_bias`), for a strict load of its weights. `config` has passed
+    `_reproducible_llava_config`."""
+    return MLP2xGeluProjector(config.vision_config.hidden_size, config.text_config.hidden_size,
+                              bias=config.multimodal_projector_bias, hidden_act=config.projector_hidden_act)
 
 
 def _processor_mean_std(path: Path):
@@ -158,7 +159,7 @@ def load_llava_hf_vision_and_projector(path: str | Path, dtype=torch.float32):
     mean, std = _processor_mean_std(path)
     vision = ClipVisionEncoder(vision_model.to(dtype), config.vision_feature_layer,
                                config.vision_feature_select_strategy, mean, std)
-    projector = projector_from_llava_config(config, path)
+    projector = projector_from_llava_config(config)
     projector.load_state_dict(projector_state, strict=True)
     return vision, projector.to(dtype), config
 
