@@ -11,9 +11,9 @@ rule classify:
         f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
     params:
         batch_size=config["classify"].get("batch_size", 16),
-        # Generate mode only. Without the key, the CLI derives it from the classes' tokenized lengths.
-        max_new_tokens=lambda wc: (f"--max-new-tokens {config['classify']['max_new_tokens']}"
-                                   if wc.mode == "generate" and "max_new_tokens" in config["classify"] else ""),
+        # Generate mode only. `auto` (the default) leaves the CLI to derive it from the tokenized classes.
+        max_new_tokens=lambda wc: (f"--max-new-tokens {classify_max_new_tokens()}"
+                                   if wc.mode == "generate" and classify_max_new_tokens() != "auto" else ""),
         temperature=config["classify"].get("temperature", 0.0),
         device=MODEL.get("device", "cpu"),
         dtype=MODEL.get("dtype", "float32"),
