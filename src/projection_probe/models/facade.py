@@ -122,9 +122,9 @@ class MultimodalLM(nn.Module):
         head = self.tokenizer(context, add_special_tokens=False).input_ids if context else []
         whole = self.tokenizer(context + text, add_special_tokens=False).input_ids
         if whole[:len(head)] != head:
-            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: {text!r} changes the tokens of the "
-                             f"text before it ({context[-40:]!r}), so the answer's tokens inside the "
-                             "conversation cannot be told apart; use a tokenizer that keeps them apart")
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: the answer {text!r} merges with the "
+                             f"text before it ({context[-40:]!r}) into other tokens, so its own tokens inside "
+                             "the conversation are not defined; the template and this tokenizer do not fit")
         return whole[len(head):]
 
     def conversation_answer_ids(self, human_turn: str, answer: str) -> list[int]:
