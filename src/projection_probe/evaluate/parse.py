@@ -1,8 +1,8 @@
 """Map a model's free-text answer onto one of the dataset's class strings, or mark it invalid.
 
 The authors read LLaVA's answers by eye (interactive CLI, no parser); the reproduction needs a fixed,
-documented rule so that every run is scored the same way. The rule is the one in
-``shared/notes/paper-details.md`` ("The parser") and is spelled out in :func:`parse_label`.
+documented rule so that every run is scored the same way. It is spelled out in :func:`parse_label`
+and, with examples on the paper's class lists, in docs/fidelity.md ("The parser").
 """
 from __future__ import annotations
 
