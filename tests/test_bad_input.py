@@ -403,9 +403,12 @@ class ScriptedFacade:
     def build_inputs(self, prompts):
         return prompts
 
-    def generate(self, inputs, x_v, **kwargs):
+    def answer_token_ids(self, label):
+        return list(label.encode())
+
+    def generate_answers(self, inputs, x_v, **kwargs):
         batch, self.outputs = self.outputs[:len(inputs)], self.outputs[len(inputs):]
-        return batch
+        return batch, [False] * len(batch)
 
 
 class OneRowCache:

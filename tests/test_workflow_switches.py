@@ -42,7 +42,11 @@ def test_defaults_have_no_variant_cache_and_no_switch_flags(workdir, tmp_path):
     assert "extract_vision_features_variant" not in commands
     joined = "\n".join(c for cs in commands.values() for c in cs)
     assert "--parser" not in joined and "--label-set" not in joined and "--last-epoch" not in joined
+    assert "--several-classes" not in joined
     assert all("vision.safetensors" in c for c in commands["classify"])
+    # the micro config sets max_new_tokens: only generation reads it
+    for c in commands["classify"]:
+        assert ("--max-new-tokens 6" in c) == ("--mode generate" in c), c
 
 
 def test_per_setting_preprocessing_gets_its_own_cache(workdir, tmp_path):
@@ -62,6 +66,8 @@ def test_per_setting_preprocessing_gets_its_own_cache(workdir, tmp_path):
 def test_parser_label_set_and_last_epoch_switches(workdir, tmp_path):
     def edit(config):
         config["classify"]["parser"] = "exact"
+        config["classify"]["several_classes"] = "first"
+        config["classify"]["max_new_tokens"] = "auto"
         config["baselines"]["encoder_zero_shot"]["label_set"] = "test"
         config["probes"]["post"]["restore_best"] = False
 
@@ -69,6 +75,8 @@ def test_parser_label_set_and_last_epoch_switches(workdir, tmp_path):
     for c in commands["classify"]:
         # Only free generation reads text, so only its jobs get the switch.
         assert ("--parser exact --no-stop-at-newline" in c) == ("--mode generate" in c), c
+        assert ("--several-classes first" in c) == ("--mode generate" in c), c
+        assert "--max-new-tokens" not in c, c  # auto: the CLI derives it
     assert all("--label-set test" in c for c in commands["encoder_zero_shot"])
     assert all("--last-epoch" in c for c in commands["train_probe_post"])
     assert not any("--last-epoch" in c for c in commands["train_probe_image_only"])

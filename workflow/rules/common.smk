@@ -91,6 +91,11 @@ def data_file(dataset, name):
     return f"{RESULTS}/data/{dataset}/{name}"
 
 
+def classify_max_new_tokens():
+    """A number, or `auto`: the classify CLI then derives it from the dataset's tokenized classes."""
+    return config["classify"].get("max_new_tokens", "auto")
+
+
 def default_preprocessing():
     return MODEL.get("image_preprocessing", "pad")
 

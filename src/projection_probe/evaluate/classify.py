@@ -1,7 +1,7 @@
 """The MLLM classifies the test split, three ways, all batched:
 
 - `generate`: greedy (or temperature) decoding of a left-padded batch, stopped at EOS/newline, then
-  the parser;
+  the parser (told which answers were cut off at `max_new_tokens`);
 - `constrained`: decoding restricted to the class strings by a token trie: always a valid class;
 - `likelihood`: the class whose answer tokens have the highest summed log-probability, from one
   prefill per image whose KV cache is reused for all K classes.
@@ -15,21 +15,47 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from projection_probe.evaluate.parse import PARSERS, read_answer
+from projection_probe.evaluate.parse import PARSERS, SEVERAL_CLASSES, read_answer
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
 
 MODES = ("generate", "constrained", "likelihood")
+# Room beyond the longest class's answer tokens (EOS included) for quotes or a period around it.
+MAX_NEW_TOKENS_MARGIN = 4
+
+
+def resolve_max_new_tokens(facade, classes: list[str], configured: int | None) -> int:
+    """`configured`, or the longest class's answer tokens plus `MAX_NEW_TOKENS_MARGIN` when it is None.
+    A configured budget too short for a class is kept, with a warning naming that class."""
+    lengths = {c: len(facade.answer_token_ids(c)) for c in classes}
+    longest = max(lengths, key=lengths.get)
+    if configured is None:
+        return lengths[longest] + MAX_NEW_TOKENS_MARGIN
+    too_long = [c for c, n in lengths.items() if n > configured]
+    if too_long:
+        log.warning("classify.max_new_tokens is %d, shorter than the class %r (%d tokens with its end token)%s; "
+                    "such answers are cut off and read by the parser's cut-off rule. Leave the key out to "
+                    "use %d (the longest class + %d)", configured, longest, lengths[longest],
+                    f" and {len(too_long) - 1} other classes" if len(too_long) > 1 else "",
+                    lengths[longest] + MAX_NEW_TOKENS_MARGIN, MAX_NEW_TOKENS_MARGIN)
+    return configured
 
 
 def classify_records(facade, records: list[dict], cache, classes: list[str], mode: str = "generate",
-                     batch_size: int = 16, max_new_tokens: int = 16, stop_at_newline: bool = True,
-                     temperature: float = 0.0, seed: int = 0, parser: str = "substring") -> pd.DataFrame:
+                     batch_size: int = 16, max_new_tokens: int | None = None, stop_at_newline: bool = True,
+                     temperature: float = 0.0, seed: int = 0, parser: str = "substring",
+                     several_classes: str = "invalid") -> pd.DataFrame:
+    """`max_new_tokens` None: derived from the classes (`resolve_max_new_tokens`)."""
     if mode not in MODES:
         raise InputError(f"classify.mode: unknown value {mode!r}; use one of {MODES}")
     if parser not in PARSERS:
         raise InputError(f"classify.parser: unknown value {parser!r}; use one of {PARSERS}")
+    if several_classes not in SEVERAL_CLASSES:
+        raise InputError(f"classify.several_classes: unknown value {several_classes!r}; use one of {SEVERAL_CLASSES}")
+    if mode == "generate":
+        max_new_tokens = resolve_max_new_tokens(facade, classes, max_new_tokens)
+        log.info("generating up to %d new tokens per answer", max_new_tokens)
     cache_mode, model_mode = getattr(cache, "image_preprocessing", None), getattr(facade, "image_preprocessing", None)
     if cache_mode and model_mode and cache_mode != model_mode:
         log.warning("the vision cache was built with %r preprocessing but the model expects %r; the workflow "
@@ -44,9 +70,11 @@ def classify_records(facade, records: list[dict], cache, classes: list[str], mod
         x_v = cache.select([r["image"] for r in batch]).float()
         inputs = facade.build_inputs(prompts)
         if mode == "generate":
-            raws = facade.generate(inputs, x_v, max_new_tokens=max_new_tokens, stop_at_newline=stop_at_newline,
-                                   temperature=temperature, generator=generator)
-            parsed = [read_answer(raw, classes, parser, eos_strings) for raw in raws]
+            raws, cut_off = facade.generate_answers(inputs, x_v, max_new_tokens=max_new_tokens,
+                                                    stop_at_newline=stop_at_newline, temperature=temperature,
+                                                    generator=generator)
+            parsed = [read_answer(raw, classes, parser, eos_strings, cut, several_classes)
+                      for raw, cut in zip(raws, cut_off)]
         elif mode == "constrained":
             raws = facade.constrained_generate(inputs, x_v, classes)
             parsed = [raw or None for raw in raws]

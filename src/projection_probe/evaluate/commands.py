@@ -4,6 +4,7 @@ from __future__ import annotations
 MODES = ("generate", "constrained", "likelihood")
 # Duplicated from evaluate.parse so that building the CLI imports nothing heavy; a test keeps them equal.
 PARSERS = ("substring", "exact")
+SEVERAL_CLASSES = ("invalid", "first")
 
 
 def run_classify(args) -> None:
@@ -26,7 +27,7 @@ def run_classify(args) -> None:
     frame = classify_records(facade, records, load_vision_cache(args.vision_cache), classes, mode=args.mode,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              stop_at_newline=args.stop_at_newline, temperature=args.temperature, seed=args.seed,
-                             parser=args.parser)
+                             parser=args.parser, several_classes=args.several_classes)
     write_csv(args.out, frame)
 
 
@@ -38,13 +39,17 @@ def register(subparsers) -> None:
     p.add_argument("--classes", required=True, help="classes.json")
     p.add_argument("--mode", choices=MODES, default="generate")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generate mode: default the longest class's answer tokens (EOS included) + 4")
     p.add_argument("--stop-at-newline", action="store_true", default=True)
     p.add_argument("--no-stop-at-newline", dest="stop_at_newline", action="store_false")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); the authors used 0.2")
     p.add_argument("--parser", choices=PARSERS, default="substring",
                    help="generate mode: substring = the documented parser (default); exact = no parser, the "
                         "answer must equal a class string (the authors)")
+    p.add_argument("--several-classes", choices=SEVERAL_CLASSES, default="invalid",
+                   help="substring parser: an answer that names several classes is invalid (default), or reads "
+                        "as the class named first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -1,8 +1,8 @@
 """Map a model's free-text answer onto one of the dataset's class strings, or mark it invalid.
 
 The authors read LLaVA's answers by eye (interactive CLI, no parser); the reproduction needs a fixed,
-documented rule so that every run is scored the same way. The rule is the one in
-``shared/notes/paper-details.md`` ("The parser") and is spelled out in :func:`parse_label`.
+documented rule so that every run is scored the same way. It is spelled out in :func:`parse_label`
+and, with examples on the paper's class lists, in docs/fidelity.md ("The parser").
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ DEFAULT_EOS_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
 # compared outputs as they were: the answer (cut at EOS, outer whitespace stripped) must be a class
 # string, spelled exactly as pinned.
 PARSERS: tuple[str, ...] = ("substring", "exact")
+# An answer that names several classes: "invalid", or "first" = the class named first.
+SEVERAL_CLASSES: tuple[str, ...] = ("invalid", "first")
 
 # Straight and typographic quotes, plus backticks: models wrap labels in all of them because the
 # prompt lists the classes in double quotes.
@@ -89,17 +91,41 @@ def parse_exact(raw: str | None, classes: Sequence[str],
 
 
 def read_answer(raw: str | None, classes: Sequence[str], parser: str = "substring",
-                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str | None:
+                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS, cut_off: bool = False,
+                several_classes: str = "invalid") -> str | None:
     """Dispatch to the configured answer reader (config `classify.parser`)."""
     if parser == "substring":
-        return parse_label(raw, classes, eos_strings)
+        return parse_label(raw, classes, eos_strings, cut_off=cut_off, several_classes=several_classes)
     if parser == "exact":
         return parse_exact(raw, classes, eos_strings)
     raise InputError(f"classify.parser: unknown value {parser!r}; use one of {PARSERS}")
 
 
-def parse_label(raw: str | None, classes: Sequence[str],
-                eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS) -> str | None:
+# A class occurrence right after one of these words is not a naming of that class.
+NEGATIONS: tuple[str, ...] = ("not", "no")
+_NEGATED = re.compile(r"(?:^|\W)(?:" + "|".join(NEGATIONS) + r")\W*$")
+
+
+def named_classes(text: str, lookup: dict[str, str]) -> list[str]:
+    """The classes that normalised `text` names, in the order of their first naming (step 8 of
+    :func:`parse_label`)."""
+    found = []  # (start, end, key)
+    for key in lookup:
+        for match in re.finditer(r"(?<!\w)" + re.escape(key) + r"(?!\w)", text):
+            found.append((match.start(), match.end(), key))
+    # An occurrence inside a longer one is part of that one ("shirt" in "t-shirt").
+    maximal = [(a, b, k) for a, b, k in found
+               if not any(a2 <= a and b <= b2 and (b2 - a2) > (b - a) for a2, b2, _ in found)]
+    affirmed = sorted((a, k) for a, _, k in maximal if not _NEGATED.search(text[:a]))
+    order: list[str] = []
+    for _, key in affirmed:
+        if key not in order:
+            order.append(key)
+    return order
+
+
+def parse_label(raw: str | None, classes: Sequence[str], eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS,
+                cut_off: bool = False, several_classes: str = "invalid") -> str | None:
     """Return the class that ``raw`` names, in its pinned spelling from ``classes``, or None (invalid).
 
     Rules, in order:
@@ -108,16 +134,22 @@ def parse_label(raw: str | None, classes: Sequence[str],
        ``<|im_end|>``, ``<|endoftext|>`` by default).
     2. Drop leading whitespace, then keep only the first line. Over-long outputs are treated the same
        way: whatever follows the first line is ignored, however long.
-    3. Strip surrounding whitespace, surrounding quotes (straight, typographic or backticks) and a
-       trailing period, repeated until nothing changes.
+    3. Strip surrounding whitespace, surrounding quotes (straight, typographic or backticks, also an
+       unbalanced one) and a trailing period, repeated until nothing changes.
     4. Lowercase and collapse whitespace runs to single spaces (classes are normalised alike).
     5. Empty text -> None.
     6. Exact match: the text equals a normalised class -> that class.
-    7. Substring match: collect the classes whose normalised string occurs in the text; drop every
-       collected class that is a substring of another collected class (so "shirt" gives way to
-       "t-shirt" when the text is "t-shirt"); if exactly one class remains, return it.
-    8. Otherwise (no class occurs, or several unrelated classes occur) -> None.
+    7. Cut-off answers (``cut_off``: generation stopped at ``max_new_tokens``, before EOS or newline):
+       the text is the beginning of exactly one class -> that class; of several -> None.
+    8. Naming: a class is named where its normalised string occurs bounded by non-word characters
+       (so "unlined" does not name "lined"), not inside a longer named class ("shirt" in "t-shirt"),
+       and not right after "not" or "no" ("not striped" does not name "striped").
+       Exactly one class named -> that class.
+    9. Several classes named -> None, or with ``several_classes="first"`` the one named first.
+    10. No class named -> None.
     """
+    if several_classes not in SEVERAL_CLASSES:
+        raise InputError(f"classify.several_classes: unknown value {several_classes!r}; use one of {SEVERAL_CLASSES}")
     lookup = class_lookup(classes)
     if raw is None:
         return None
@@ -126,11 +158,11 @@ def parse_label(raw: str | None, classes: Sequence[str],
         return None
     if text in lookup:
         return lookup[text]
-    matched = [key for key in lookup if key in text]
-    # Longest first, so a class can only be absorbed by one at least as long that contains it.
-    matched.sort(key=len, reverse=True)
-    maximal = [key for i, key in enumerate(matched)
-               if not any(key in longer for longer in matched[:i] if longer != key)]
-    if len(maximal) == 1:
-        return lookup[maximal[0]]
+    if cut_off:
+        continued = [key for key in lookup if key.startswith(text)]
+        if continued:
+            return lookup[continued[0]] if len(continued) == 1 else None
+    named = named_classes(text, lookup)
+    if len(named) == 1 or (named and several_classes == "first"):
+        return lookup[named[0]]
     return None

@@ -112,7 +112,32 @@ class MultimodalLM(nn.Module):
         return ids, image_start
 
     def answer_token_ids(self, answer: str) -> list[int]:
-        return self.tokenizer(self.template.render_answer(answer, self.eos_text), add_special_tokens=False).input_ids
+        """The answer's ids (EOS included) as the whole conversation tokenizes them, which is what
+        LLaVA trains on (`preprocess_v1` tokenizes and masks the conversation): tokenized after the
+        template text that precedes every answer, whose own ids are then cut off. Tokenized alone, a
+        SentencePiece tokenizer can give the answer an extra leading `▁`."""
+        return self._ids_after(self.template.answer_context, self.template.render_answer(answer, self.eos_text))
+
+    def _ids_after(self, context: str, text: str) -> list[int]:
+        head = self.tokenizer(context, add_special_tokens=False).input_ids if context else []
+        whole = self.tokenizer(context + text, add_special_tokens=False).input_ids
+        if whole[:len(head)] != head:
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: the answer {text!r} merges with the "
+                             f"text before it ({context[-40:]!r}) into other tokens, so its own tokens inside "
+                             "the conversation are not defined; the template and this tokenizer do not fit")
+        return whole[len(head):]
+
+    def conversation_answer_ids(self, human_turn: str, answer: str) -> list[int]:
+        """The answer's ids inside this very conversation (the training target), refused unless they are
+        the ids that `score_labels` and `constrained_generate` score."""
+        after = self.template.render_prompt(human_turn).split(IMAGE_PLACEHOLDER, 1)[1]
+        text = self.template.render_answer(answer, self.eos_text)
+        ids = self._ids_after(after, text)
+        if ids != self.answer_token_ids(answer):
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path}: the answer {text!r} tokenizes as {ids} "
+                             f"after this prompt but as {self.answer_token_ids(answer)} after "
+                             f"{self.template.answer_context!r}; training and scoring would disagree")
+        return ids
 
     def build_inputs(self, prompts: list[str], answers: list[str] | None = None,
                      padding_side: str | None = None, max_length: int | None = None) -> ModelInputs:
@@ -127,7 +152,7 @@ class MultimodalLM(nn.Module):
             image_starts.append(image_start)
             labels = [IGNORE_INDEX] * len(ids)
             if answers is not None:
-                answer_ids = self.answer_token_ids(answers[i])
+                answer_ids = self.conversation_answer_ids(prompt, answers[i])
                 ids = ids + answer_ids
                 labels = labels + answer_ids
             if max_length is not None and len(ids) > max_length:
@@ -227,8 +252,19 @@ class MultimodalLM(nn.Module):
         """Decoding of a left-padded batch: greedy by default, or sampling at `temperature` (the
         authors' 0.2) with a seeded `generator`. Each row stops at EOS or, optionally, at the first
         newline after some non-whitespace text. Returns the decoded new text per row (EOS not included)."""
+        return self.generate_answers(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)[0]
+
+    @torch.inference_mode()
+    def generate_answers(self, inputs: ModelInputs, x_v: torch.Tensor, max_new_tokens: int = 16,
+                         stop_at_newline: bool = True, temperature: float = 0.0,
+                         generator: torch.Generator | None = None) -> tuple[list[str], list[bool]]:
+        """`generate`'s texts, and per row whether it was cut off: it used all `max_new_tokens` tokens
+        without reaching EOS or (with `stop_at_newline`) the end of its answer line."""
         tokens = self._greedy(inputs, x_v, max_new_tokens, stop_at_newline, temperature, generator)
-        return [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
+        texts = [self.tokenizer.decode(t, skip_special_tokens=False) for t in tokens]
+        cut_off = [len(t) >= max_new_tokens and not (stop_at_newline and answer_line_ended(text))
+                   for t, text in zip(tokens, texts)]
+        return texts, cut_off
 
     def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline, temperature: float = 0.0,
                 generator: torch.Generator | None = None) -> list[list[int]]:

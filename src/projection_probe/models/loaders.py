@@ -15,6 +15,7 @@ import torch
 
 from projection_probe.io import InputError, load_safetensors, read_json, write_json
 from projection_probe.models.facade import MultimodalLM
+from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.projector import MLP2xGeluProjector, build_projector
 from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, EfficientNetLiteEncoder
 
@@ -49,8 +50,8 @@ def from_llava_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: 
     path = Path(path)
     if not (path / "config.json").exists():
         raise InputError(f"{path}: no config.json; model.llava_hf must point to a llava-hf checkpoint folder")
+    config = _reproducible_llava_config(path, trust_remote_code)
     llava = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    config = llava.config
     with torch.device("meta"):
         causal_lm = AutoModelForCausalLM.from_config(config.text_config, trust_remote_code=trust_remote_code)
     setattr(causal_lm, causal_lm.base_model_prefix, llava.model.language_model)
@@ -62,17 +63,55 @@ def from_llava_hf(path: str | Path, dtype: torch.dtype = torch.float32, device: 
     mean, std = _processor_mean_std(path)
     vision = ClipVisionEncoder(llava.model.vision_tower, config.vision_feature_layer,
                                config.vision_feature_select_strategy, mean, std)
-    projector = _projector_like(llava.model.multi_modal_projector)
-    projector.load_state_dict(llava.model.multi_modal_projector.state_dict(), strict=False)
+    projector = projector_from_llava_config(config)
+    projector.load_state_dict(llava.model.multi_modal_projector.state_dict(), strict=True)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    _check_image_token(tokenizer, config.image_token_id, path)
     facade = MultimodalLM(vision, projector, causal_lm, tokenizer, template=template,
                           image_token_id=config.image_token_id, image_preprocessing=image_preprocessing)
     return facade.to(device=device, dtype=dtype)
 
 
-def _projector_like(hf_projector) -> torch.nn.Module:
-    return MLP2xGeluProjector(hf_projector.linear_1.in_features, hf_projector.linear_1.out_features,
-                              bias=hf_projector.linear_1.bias is not None)
+def _check_image_token(tokenizer, image_token_id: int, path: Path) -> None:
+    """LLaVA-hf's tokenizer has `<image>` as a token of its own, with the config's `image_token_id`
+    (what transformers' processor and an exported checkpoint put at the image positions)."""
+    found = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if found is None or found == tokenizer.unk_token_id or found != image_token_id:
+        raise InputError(f"{path}: the tokenizer in this folder has no {IMAGE_PLACEHOLDER} token with the "
+                         f"config's image_token_id {image_token_id} (it maps {IMAGE_PLACEHOLDER} to {found}); "
+                         f"add it as llava-hf does (an added special token)")
+
+
+def _reproducible_llava_config(path: Path, trust_remote_code: bool = False):
+    """The checkpoint's `LlavaConfig`, refused where the facade would compute something else than
+    transformers' Llava: the facade's vision encoder reads one hidden layer, and its projector is
+    Linear-activation-Linear."""
+    from transformers import AutoConfig
+    from transformers.activations import ACT2FN
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    where = path / "config.json"
+    if config.model_type != "llava":
+        raise InputError(f"{where}: model_type {config.model_type!r} is not 'llava'; the facade reproduces "
+                         "LlavaForConditionalGeneration only")
+    if not isinstance(config.vision_feature_layer, int):
+        raise InputError(f"{where}: vision_feature_layer {config.vision_feature_layer!r} concatenates several "
+                         "layers; the facade reads a single layer (an integer)")
+    if config.projector_hidden_act not in ACT2FN:
+        raise InputError(f"{where}: projector_hidden_act {config.projector_hidden_act!r} is not a transformers "
+                         "activation; the facade's projector is Linear, that activation, Linear")
+    if config.vision_feature_select_strategy not in ("default", "full"):
+        raise InputError(f"{where}: vision_feature_select_strategy {config.vision_feature_select_strategy!r} "
+                         "is unknown; the facade reproduces 'default' and 'full'")
+    return config
+
+
+def projector_from_llava_config(config) -> MLP2xGeluProjector:
+    """An empty projector of the checkpoint's shape, activation (`projector_hidden_act`) and bias
+    (`multimodal_projector_bias`), for a strict load of its weights. `config` has passed
+    `_reproducible_llava_config`."""
+    return MLP2xGeluProjector(config.vision_config.hidden_size, config.text_config.hidden_size,
+                              bias=config.multimodal_projector_bias, hidden_act=config.projector_hidden_act)
 
 
 def _processor_mean_std(path: Path):
@@ -96,10 +135,10 @@ def llava_hf_weight_files(path: Path) -> list[Path]:
 def load_llava_hf_vision_and_projector(path: str | Path, dtype=torch.float32):
     """Vision tower and projector of a llava-hf checkpoint, reading only their tensors from the
     safetensors files: the LLM's weights are never read."""
-    from transformers import CLIPVisionModel, LlavaConfig
+    from transformers import CLIPVisionModel
 
     path = Path(path)
-    config = LlavaConfig.from_pretrained(path)
+    config = _reproducible_llava_config(path)
     vision_state, projector_state = {}, {}
     for file in llava_hf_weight_files(path):
         from safetensors import safe_open
@@ -120,9 +159,8 @@ def load_llava_hf_vision_and_projector(path: str | Path, dtype=torch.float32):
     mean, std = _processor_mean_std(path)
     vision = ClipVisionEncoder(vision_model.to(dtype), config.vision_feature_layer,
                                config.vision_feature_select_strategy, mean, std)
-    projector = MLP2xGeluProjector(config.vision_config.hidden_size, config.text_config.hidden_size,
-                                   bias=getattr(config, "multimodal_projector_bias", True))
-    projector.load_state_dict(projector_state)
+    projector = projector_from_llava_config(config)
+    projector.load_state_dict(projector_state, strict=True)
     return vision, projector.to(dtype), config
 
 

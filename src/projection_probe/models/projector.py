@@ -14,12 +14,20 @@ PROJECTOR_KINDS = ("mlp2x_gelu", "linear")
 
 
 class MLP2xGeluProjector(nn.Module):
-    """LLaVA-1.5's projector: Linear, GELU, Linear."""
+    """LLaVA-1.5's projector (`mlp2x_gelu`): Linear, activation, Linear. The activation is exact GELU
+    unless a llava-hf checkpoint names another `projector_hidden_act` (any transformers activation
+    name, looked up as `LlavaMultiModalProjector` does)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, hidden_act: str = "gelu"):
         super().__init__()
+        from transformers.activations import ACT2FN
+
+        if hidden_act not in ACT2FN:
+            raise InputError(f"projector_hidden_act: {hidden_act!r} is not a transformers activation; "
+                             f"use one of {sorted(ACT2FN)}")
+        self.hidden_act = hidden_act
         self.linear_1 = nn.Linear(in_features, out_features, bias=bias)
-        self.act = nn.GELU()
+        self.act = ACT2FN[hidden_act]
         self.linear_2 = nn.Linear(out_features, out_features, bias=bias)
 
     def forward(self, x_v: torch.Tensor) -> torch.Tensor:

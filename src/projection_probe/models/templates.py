@@ -40,6 +40,12 @@ class ConversationTemplate:
     def render_answer(self, answer: str, eos: str) -> str:
         return self.answer_format.format(answer=answer, eos=eos)
 
+    @property
+    def answer_context(self) -> str:
+        """The template text that always precedes the answer (`" ASSISTANT:"` in `v1`): the answer is
+        tokenized after it, as inside the whole conversation."""
+        return self.prompt_format.rsplit("{human}", 1)[-1]
+
 
 TEMPLATES = {
     "v1": ConversationTemplate("v1", LLAVA_V1_SYSTEM + " USER: {human} ASSISTANT:", " {answer}{eos}"),

@@ -71,18 +71,24 @@ def _write_preprocessor_config(out_dir: Path, image_size: int) -> None:
         "size": {"shortest_edge": image_size}, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
 
 
-def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8):
-    """A random `LlavaForConditionalGeneration` (CLIP vision + Llama) with tokenizer, saved to out_dir."""
+def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                    tokenizer=None, **llava_config):
+    """A random `LlavaForConditionalGeneration` (CLIP vision + Llama) with tokenizer, saved to out_dir.
+    `tokenizer` replaces the tiny BPE one (it must hold `<image>`); `llava_config` overrides
+    `LlavaConfig` keys (`projector_hidden_act`, `multimodal_projector_bias`, ...)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    tokenizer = make_tiny_tokenizer(out_dir)
+    if tokenizer is None:
+        tokenizer = make_tiny_tokenizer(out_dir)
+    else:
+        tokenizer.save_pretrained(out_dir)
+    settings = dict(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                    vision_feature_select_strategy="default", projector_hidden_act="gelu")
     config = LlavaConfig(vision_config=tiny_clip_vision_config(image_size, patch_size),
                          text_config=tiny_llama_config(len(tokenizer), tokenizer=tokenizer),
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
+                         **{**settings, **llava_config})
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

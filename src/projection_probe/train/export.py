@@ -86,7 +86,8 @@ def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: torch.dty
         config = LlavaConfig(vision_config=vision.model.config.to_dict(), text_config=language_model.config.to_dict(),
                              image_token_id=image_token_id, image_seq_length=vision.num_patches,
                              vision_feature_layer=vision.feature_layer,
-                             vision_feature_select_strategy=vision.select_strategy, projector_hidden_act="gelu",
+                             vision_feature_select_strategy=vision.select_strategy,
+                             projector_hidden_act=facade.projector.hidden_act,
                              multimodal_projector_bias=facade.projector.linear_1.bias is not None)
 
     # Built empty, then the facade's own modules are hung in: no weight is copied.
