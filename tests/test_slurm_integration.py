@@ -100,6 +100,7 @@ TOY_SNAKEFILE = textwrap.dedent(
 
 
 @pytest.mark.slurm
+@pytest.mark.slow  # it starts a Slurm cluster (tens of seconds), so the quick lane leaves it out
 def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_path):
     workdir = tmp_path / "toy"
     workdir.mkdir()
