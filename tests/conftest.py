@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from projection_probe.testing.micro import ANALYSIS_OVERRIDES, make_micro_models, make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import (
+    ANALYSIS_OVERRIDES,
+    REPO_ROOT,
+    make_micro_models,
+    make_micro_workdir,
+    snakemake_command,
+)
 
 # The interpreter's own bin/ first on PATH, for every subprocess the tests start: rules call
 # `projection-probe` and `snakemake` by name, which would not resolve outside an activated venv.
@@ -80,9 +86,10 @@ def tiny_models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory, tiny_models) -> Path:
-    """The full micro config run to the end, with `results/report.html`. Read only."""
+    """The full micro config run to the end through the local profile (as a user runs it; the Slurm
+    test compares its tables with these), with `results/report.html`. Read only."""
     workdir = make_micro_workdir(tmp_path_factory.mktemp("micro_run"), models_dir=tiny_models)
-    run_workflow(workdir, "micro")
+    run_workflow(workdir, "micro", "--profile", str(REPO_ROOT / "profiles" / "local"))
     run_workflow(workdir, "micro report", "--report", str(workdir / "results" / "report.html"))
     return workdir
 
