@@ -25,8 +25,11 @@ TINY_CORPUS = [
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
-def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400):
-    """A byte-level BPE tokenizer with Llama-style `<s>`/`</s>` specials and an `<image>` token."""
+def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400, extra_corpus: list[str] = ()):
+    """A byte-level BPE tokenizer with Llama-style `<s>`/`</s>` specials and an `<image>` token.
+
+    With a larger `vocab_size` (and `extra_corpus`) whole words of the corpus become single tokens, so
+    that prompts have about as many tokens as with Llama's tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,7 +38,7 @@ def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((TINY_CORPUS + list(extra_corpus)) * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", bos)])
