@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO_ROOT, machine_info, quiet_progress_bars, set_threads, write_json  # noqa: E402
+from common import REPO_ROOT, machine_info, quiet_progress_bars, set_threads, synchronize, write_json  # noqa: E402
 
 PAPER_CONFIG = REPO_ROOT / "config" / "paper.yaml"
 GIB = 2 ** 30
@@ -70,13 +70,6 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------------- measurement
-def synchronize(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak(device) -> None:
     import torch
 

@@ -39,3 +39,40 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert result["phases"]["ft-proj"]["trainable_parameters"] < result["phases"]["ft-e2e"]["trainable_parameters"]
     assert result["flops"]["e2e_per_sample"] == 8 * result["flops"]["llm_matmul_parameters"] * result["sizes"]["seq_tokens"]
     assert result["demo"]["status"] == "skipped (--tiny)"
+
+
+def test_benchmarks_take_device_and_dtype(tmp_path, monkeypatch):
+    """bench_classify.py and bench_extract.py run on the device and in the dtype they are given, and
+    record both (the GPU command of docs/benchmarks.md passes `--device cuda --dtype bfloat16`)."""
+    import numpy as np
+    from PIL import Image
+
+    from projection_probe.io import write_json
+    from projection_probe.models.loaders import load_facade
+    from test_train import LABELS, make_llava_base, write_training_inputs
+
+    base = make_llava_base(tmp_path)
+    facade = load_facade(base)
+    prompts, cache = write_training_inputs(tmp_path / "data", facade.num_image_tokens, facade.vision.hidden_size,
+                                           n_train=2, n_test=2)
+    monkeypatch.chdir(tmp_path / "data")  # image paths in the manifest are relative, as in the workflow
+    rng = np.random.default_rng(0)
+    Path("images").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 32, 3), dtype=np.uint8)).save(f"images/img{i:03d}.png")
+    write_json("classes.json", {"task": "textures", "classes": LABELS})
+    device_args = ["--device", "cpu", "--dtype", "float32", "--threads", "1"]
+
+    assert load_script("bench_classify").main(
+        ["--model", str(base), "--prompts", str(prompts), "--vision-cache", str(cache), "--classes", "classes.json",
+         "--n-images", "2", "--batch-size", "2", "--free-max-new-tokens", "2", "--generate-max-new-tokens", "2",
+         "--out-json", "classify.json", *device_args]) == 0
+    inputs = read_json("classify.json")["inputs"]
+    assert (inputs["device"], inputs["dtype"], inputs["n_images"]) == ("cpu", "float32", 2)
+
+    assert load_script("bench_extract").main(
+        ["--model", str(base), "--manifest", "manifest.csv", "--n-images", "4", "--batch-size", "2", "--repeats", "1",
+         "--out-json", "extract.json", *device_args]) == 0
+    summary = read_json("extract.json")
+    assert (summary["inputs"]["device"], summary["inputs"]["dtype"]) == ("cpu", "float32")
+    assert summary["results"]["cached"]["images_per_s"] > 0
