@@ -14,8 +14,8 @@ precision flags of config/paper.yaml:
   ft-e2e      the same for FT-E2E, only where it fits: float32 master weights (the paper's
               setting, about 16 bytes per parameter) if the free memory allows, else bf16 weights
               (`model_dtype: bfloat16`, 8 bytes), else skipped; the JSON says which
-  demo        with a CUDA GPU and not --tiny: the CPU demo's workflow with config/gpu_demo.yaml
-              (`model.device: auto`), its wall time
+  demo        with a CUDA GPU and not --tiny: the CPU demo's workflow with config/longer_finetunes.yaml
+              and config/gpu_demo.yaml (3 seeds, `model.device: auto`), its wall time
 
 Reported per phase: seconds per step (median after one warm-up step), samples/s, peak GPU memory and
 MFU: model FLOPs (docs/benchmarks.md, "FLOPs per sample") per second over the bf16 matmul peak measured
@@ -45,6 +45,8 @@ from common import REPO_ROOT, machine_info, quiet_progress_bars, set_threads, sy
 
 PAPER_CONFIG = REPO_ROOT / "config" / "paper.yaml"
 GIB = 2 ** 30
+# The GPU demo: the CPU demo's config, the fine-tunes that learn, then 3 seeds and `model.device: auto`.
+DEMO_CONFIGS = ("config.yaml", "longer_finetunes.yaml", "gpu_demo.yaml")
 # --tiny: the same phases at sizes a CPU runs in seconds.
 TINY_SIZES = dict(ft_proj_batch=4, ft_e2e_batch=2, classify_batch=4, feature_batch=4, seq_tokens=96)
 
@@ -295,7 +297,7 @@ def e2e_dtype(choice: str, facade, device, batch: int, seq_tokens: int) -> tuple
 
 
 def run_demo(timeout: int, demo_dir: str | None) -> dict:
-    """The CPU demo's workflow with config/gpu_demo.yaml in a fresh working directory; its wall time."""
+    """The demo's workflow with the DEMO_CONFIGS in a fresh working directory; its wall time."""
     workdir = Path(demo_dir or tempfile.mkdtemp(prefix="gpu_demo_"))
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "resources").exists():
@@ -304,8 +306,8 @@ def run_demo(timeout: int, demo_dir: str | None) -> dict:
     if snakemake is None:
         return {"status": "not run: snakemake not found"}
     command = [snakemake, "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir), "--profile",
-               str(REPO_ROOT / "profiles" / "local"), "--configfile", str(REPO_ROOT / "config" / "config.yaml"),
-               str(REPO_ROOT / "config" / "gpu_demo.yaml")]
+               str(REPO_ROOT / "profiles" / "local"), "--configfile",
+               *(str(REPO_ROOT / "config" / name) for name in DEMO_CONFIGS)]
     log_file = workdir / "gpu_demo.log"
     start = time.perf_counter()
     with open(log_file, "w") as log:
