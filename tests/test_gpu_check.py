@@ -76,3 +76,21 @@ def test_benchmarks_take_device_and_dtype(tmp_path, monkeypatch):
     summary = read_json("extract.json")
     assert (summary["inputs"]["device"], summary["inputs"]["dtype"]) == ("cpu", "float32")
     assert summary["results"]["cached"]["images_per_s"] > 0
+
+
+def test_auto_device_is_the_gpu_when_present(monkeypatch):
+    """`model.device: auto` reaches every rule that takes the key; each resolves it the same way,
+    probe training included (it used to pass "auto" to torch.device)."""
+    import torch
+
+    from projection_probe.models.loaders import resolve_device
+    from projection_probe.probes.mlp import train_probe
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (resolve_device("auto"), resolve_device("cpu"), resolve_device("cuda:1")) == ("cuda", "cpu", "cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    x = torch.randn(40, 8)
+    y = (x[:, 0] > 0).long()
+    result = train_probe(x[:30], y[:30], x[30:], y[30:], hidden=[8], max_epochs=2, batch_size=8, device="auto")
+    assert len(result.predictions) == 10
