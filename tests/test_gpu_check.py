@@ -94,3 +94,11 @@ def test_auto_device_is_the_gpu_when_present(monkeypatch):
     y = (x[:, 0] > 0).long()
     result = train_probe(x[:30], y[:30], x[30:], y[30:], hidden=[8], max_epochs=2, batch_size=8, device="auto")
     assert len(result.predictions) == 10
+
+
+def test_gpu_check_sh_passes_its_arguments_on():
+    import subprocess
+
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--tiny" in done.stdout and "LLaVA-1.5-7B" in done.stdout
