@@ -30,8 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (machine_info, markdown_table, quiet_progress_bars, set_threads, synchronize,  # noqa: E402
-                    timed, write_json, write_markdown)
+from common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    quiet_progress_bars,
+    set_threads,
+    synchronize,
+    timed,
+    write_json,
+    write_markdown,
+)
 
 # The issue's targets (issue 6).
 SPEEDUP_TARGETS = {"likelihood": 20.0, "constrained": 20.0, "generate": 5.0}

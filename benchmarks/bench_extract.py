@@ -23,8 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (machine_info, markdown_table, quiet_progress_bars, set_threads, synchronize,  # noqa: E402
-                    timed, write_json, write_markdown)
+from common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    quiet_progress_bars,
+    set_threads,
+    synchronize,
+    timed,
+    write_json,
+    write_markdown,
+)
 
 
 def parse_args(argv=None):
@@ -58,8 +66,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from projection_probe.data.manifest import read_manifest
     from projection_probe.data.images import load_rgb
+    from projection_probe.data.manifest import read_manifest
     from projection_probe.features.cache import build_vision_cache, load_vision_cache
     from projection_probe.features.extract import extract_pooled_features
     from projection_probe.models.loaders import build_vision, load_facade, resolve_device

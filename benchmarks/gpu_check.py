@@ -206,15 +206,19 @@ def phase_extract(facade, image_paths, feature_batch, num_workers, device, work,
                  "projector on the cached X_v and mean over patches (the extract_features rule)"}
 
 
-def phase_classify(facade, records, cache, classes, batch, max_new_tokens, device, flops, seq_tokens):
-    from projection_probe.evaluate.classify import MODES, classify_records
+def phase_classify(facade, records, cache, classes, batch, configured_max_new_tokens, device, flops, seq_tokens):
+    from projection_probe.evaluate.classify import MODES, classify_records, resolve_max_new_tokens
 
+    # `auto` (the paper config): the longest class plus a margin, as the classify command derives it.
+    configured = None if configured_max_new_tokens in (None, "auto") else int(configured_max_new_tokens)
+    max_new_tokens = resolve_max_new_tokens(facade, classes, configured)
     results = {}
     for mode in MODES:
         classify_records(facade, records[:2], cache, classes, mode=mode, batch_size=2, max_new_tokens=max_new_tokens)
         reset_peak(device)
-        frame, seconds = timed(lambda: classify_records(facade, records[:batch], cache, classes, mode=mode,
-                                                        batch_size=batch, max_new_tokens=max_new_tokens), device)
+        frame, seconds = timed(lambda mode=mode: classify_records(facade, records[:batch], cache, classes, mode=mode,
+                                                                  batch_size=batch, max_new_tokens=max_new_tokens),
+                               device)
         results[mode] = {"batch_size": batch, "seconds": seconds, "samples_per_s": batch / seconds,
                          "prefill_mfu": flops["prefill_per_sample"] * batch / seconds / 1e12 / flops["peak_tflops"],
                          "valid_rate": float(frame["valid"].mean()), "peak_gpu_gib": peak_gib(device)}
@@ -251,7 +255,8 @@ def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, de
     # One GPU, no accumulation: each optimizer step is one per-device batch, the unit of the paper's runs.
     trainer, log = train_facade(facade, dataset, work / f"{setting}.work", lr=hp["lr"], effective_batch=batch,
                                 per_device_batch=batch, epochs=1, warmup_ratio=0.0, seed=0,
-                                bf16=finetune_cfg["bf16"], gradient_checkpointing=finetune_cfg["gradient_checkpointing"],
+                                bf16=finetune_cfg["bf16"],
+                                gradient_checkpointing=finetune_cfg["gradient_checkpointing"],
                                 optim=finetune_cfg.get("optim", "adamw_torch"), callbacks=[timer])
     peak = peak_gib(device)
     trainable = count_parameters(facade)
@@ -337,8 +342,13 @@ def main(argv=None) -> int:
     from projection_probe.evaluate.classify import test_records
     from projection_probe.io import InputError
     from projection_probe.models.loaders import load_facade, resolve_device, write_facade_spec
-    from projection_probe.testing.tiny import (llava_1_5_7b_configs, make_random_llava, make_tiny_tokenizer,
-                                               tiny_clip_vision_config, tiny_llama_config)
+    from projection_probe.testing.tiny import (
+        llava_1_5_7b_configs,
+        make_random_llava,
+        make_tiny_tokenizer,
+        tiny_clip_vision_config,
+        tiny_llama_config,
+    )
 
     device = resolve_device(args.device)
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -365,7 +375,8 @@ def main(argv=None) -> int:
         class_names = [c for d in config["datasets"].values() for c in d["classes"]]
         tokenizer = make_tiny_tokenizer(vocab_size=4000, extra_corpus=class_names)
         if args.tiny:
-            vision_config, text_config = tiny_clip_vision_config(), tiny_llama_config(len(tokenizer), tokenizer=tokenizer)
+            vision_config = tiny_clip_vision_config()
+            text_config = tiny_llama_config(len(tokenizer), tokenizer=tokenizer)
         else:
             vision_config, text_config = llava_1_5_7b_configs(tokenizer)
         built, build_s = timed(lambda: make_random_llava(work / "llava", vision_config, text_config, tokenizer,
@@ -411,7 +422,7 @@ def main(argv=None) -> int:
         write_prompts_file(work / "test.jsonl", image_paths, classes, task, sizes["classify_batch"], "test")
         summary["phases"]["classify"] = phase_classify(
             facade, test_records(work / "test.jsonl"), cache, classes, sizes["classify_batch"],
-            config["classify"]["max_new_tokens"], device, flops, seq_tokens)
+            config["classify"].get("max_new_tokens"), device, flops, seq_tokens)
         for mode in ("generate", "constrained", "likelihood"):
             print(f"classify {mode}: {summary['phases']['classify'][mode]['samples_per_s']:.2f} samples/s", flush=True)
 

@@ -37,7 +37,8 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
         assert all(math.isfinite(x) for x in phase["losses"]) and 0 < phase["mfu"] < 1
     assert result["phases"]["ft-e2e"]["status"] == "ran"
     assert result["phases"]["ft-proj"]["trainable_parameters"] < result["phases"]["ft-e2e"]["trainable_parameters"]
-    assert result["flops"]["e2e_per_sample"] == 8 * result["flops"]["llm_matmul_parameters"] * result["sizes"]["seq_tokens"]
+    flops = result["flops"]
+    assert flops["e2e_per_sample"] == 8 * flops["llm_matmul_parameters"] * result["sizes"]["seq_tokens"]
     assert result["demo"]["status"] == "skipped (--tiny)"
 
 
@@ -46,10 +47,10 @@ def test_benchmarks_take_device_and_dtype(tmp_path, monkeypatch):
     record both (the GPU command of docs/benchmarks.md passes `--device cuda --dtype bfloat16`)."""
     import numpy as np
     from PIL import Image
+    from test_train import LABELS, make_llava_base, write_training_inputs
 
     from projection_probe.io import write_json
     from projection_probe.models.loaders import load_facade
-    from test_train import LABELS, make_llava_base, write_training_inputs
 
     base = make_llava_base(tmp_path)
     facade = load_facade(base)

@@ -4,10 +4,11 @@ supports bfloat16, so the same Trainer and facade code runs as on a GPU."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from test_export import compare_logits
+from test_train import TINY, KillAfterStep, make_llava_base, write_training_inputs
 from transformers import TrainerCallback
 
 from projection_probe.features.cache import load_vision_cache
@@ -16,8 +17,6 @@ from projection_probe.models.loaders import load_facade
 from projection_probe.train.data import CachedFeatureDataset, MultimodalCollator, read_train_examples
 from projection_probe.train.export import export_llava_hf
 from projection_probe.train.finetune import enable_gradient_checkpointing, finetune, prepare_for_training
-from test_export import compare_logits
-from test_train import TINY, KillAfterStep, make_llava_base, write_training_inputs
 
 # run name: (setting, model_dtype, learning rate); 3 epochs of 8 examples at batch 4 = 6 optimizer steps.
 RUNS = {
