@@ -30,8 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (machine_info, markdown_table, quiet_progress_bars, set_threads, timed,  # noqa: E402
-                    write_json, write_markdown)
+from common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    quiet_progress_bars,
+    set_threads,
+    synchronize,
+    timed,
+    write_json,
+    write_markdown,
+)
 
 # The issue's targets (issue 6).
 SPEEDUP_TARGETS = {"likelihood": 20.0, "constrained": 20.0, "generate": 5.0}
@@ -55,7 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1,
                    help="timed runs per batched mode, median reported (free generation always runs once)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model weights (the paper config: bfloat16 on a GPU)")
     p.add_argument("--out-json", required=True)
     p.add_argument("--markdown", help="also write a Markdown section (title, command, machine, table)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
@@ -84,11 +94,12 @@ def main(argv=None) -> int:
     from projection_probe.data.prompts import read_classes_file
     from projection_probe.evaluate.classify import classify_records, test_records
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.loaders import load_facade
+    from projection_probe.models.loaders import load_facade, resolve_device
 
     torch.manual_seed(args.seed)
     info = machine_info(threads)
-    facade = load_facade(args.model, dtype=getattr(torch, args.dtype)).eval()
+    device = resolve_device(args.device)
+    facade = load_facade(args.model, device=device, dtype=getattr(torch, args.dtype)).eval()
     _, classes = read_classes_file(args.classes)
     records = test_records(args.prompts)[:args.n_images]
     cache = load_vision_cache(args.vision_cache)
@@ -117,6 +128,7 @@ def main(argv=None) -> int:
                 batch = subset[start:start + args.batch_size]
                 x_v = cache.select([r["image"] for r in batch]).float()
                 facade._prefill(facade.build_inputs([r["conversations"][0]["value"] for r in batch]), x_v)
+        synchronize(device)  # the other modes end on host-side results; the prefill alone does not
 
     prefill_only(records[:args.batch_size])
 
@@ -160,7 +172,7 @@ def main(argv=None) -> int:
         "inputs": {"model": str(Path(args.model).resolve()), "prompts": args.prompts,
                    "vision_cache": args.vision_cache, "classes": args.classes, "n_images": n,
                    "n_classes": len(classes), "prompt_tokens": prompt_tokens,
-                   "num_image_tokens": facade.num_image_tokens, "dtype": args.dtype},
+                   "num_image_tokens": facade.num_image_tokens, "device": device, "dtype": args.dtype},
         "notes": [f"free generation: greedy up to {args.free_max_new_tokens} new tokens, temperature "
                   f"{args.free_temperature}; the authors generated up to 512 tokens at temperature 0.2, "
                   "one image per process",

@@ -23,8 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (machine_info, markdown_table, quiet_progress_bars, set_threads, timed,  # noqa: E402
-                    write_json, write_markdown)
+from common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    quiet_progress_bars,
+    set_threads,
+    synchronize,
+    timed,
+    write_json,
+    write_markdown,
+)
 
 
 def parse_args(argv=None):
@@ -42,6 +50,9 @@ def parse_args(argv=None):
                    help="timed runs of the cached path, median reported (it takes milliseconds); "
                         "the pixels path runs --pixel-repeats times")
     p.add_argument("--pixel-repeats", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda when present)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="vision tower and projector weights (the paper config: bfloat16 on a GPU)")
     p.add_argument("--out-json", required=True)
     p.add_argument("--markdown", help="also write a Markdown section (title, command, machine, table)")
     return p.parse_args(argv)
@@ -55,17 +66,18 @@ def main(argv=None) -> int:
 
     import torch
 
-    from projection_probe.data.manifest import read_manifest
     from projection_probe.data.images import load_rgb
+    from projection_probe.data.manifest import read_manifest
     from projection_probe.features.cache import build_vision_cache, load_vision_cache
     from projection_probe.features.extract import extract_pooled_features
-    from projection_probe.models.loaders import build_vision, load_facade
+    from projection_probe.models.loaders import build_vision, load_facade, resolve_device
 
     info = machine_info(threads)
-    facade = load_facade(args.model, with_language_model=False).eval()
+    device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
+    facade = load_facade(args.model, device=device, dtype=dtype, with_language_model=False).eval()
     assert facade.language_model is None  # the claim under test: extraction never loads the LLM
-    vision = build_vision(json.loads(args.vision_json)) if args.vision_json else facade.vision
-    vision = vision.eval()
+    vision = build_vision(json.loads(args.vision_json), dtype) if args.vision_json else facade.vision
+    vision = vision.to(device).eval()
     rows = read_manifest(args.manifest)[:args.n_images]
     paths = [r.image_path for r in rows]
     labels = [0] * len(paths)  # labels only travel along; their values do not change the work
@@ -76,7 +88,7 @@ def main(argv=None) -> int:
 
         def from_pixels():
             build_vision_cache(vision, paths, cache_file, mode, batch_size=args.batch_size,
-                               num_workers=args.num_workers)
+                               num_workers=args.num_workers, device=device)
             return extract_pooled_features(facade, load_vision_cache(cache_file), paths, labels,
                                            batch_size=args.batch_size)
 
@@ -87,7 +99,8 @@ def main(argv=None) -> int:
         # Warm-up, untimed: one batch through the vision tower and the projector.
         with torch.inference_mode():
             pixels = vision.preprocess_images([load_rgb(p) for p in paths[:args.batch_size]], mode)
-            facade.pooled_features(vision(pixels))
+            facade.pooled_features(vision(pixels.to(device)))
+        synchronize(device)
 
         _, pixel_s, pixel_all = timed(from_pixels, args.pixel_repeats)
         cached_out, cached_s, cached_all = timed(from_cache, args.repeats)
@@ -108,6 +121,7 @@ def main(argv=None) -> int:
         "machine": info,
         "inputs": {"model": str(Path(args.model).resolve()), "manifest": args.manifest, "n_images": n,
                    "batch_size": args.batch_size, "num_workers": args.num_workers, "image_preprocessing": mode,
+                   "device": device, "dtype": args.dtype,
                    "num_patches": facade.num_image_tokens, "post_dim": int(cached_out["post"].shape[1])},
         "results": results,
         "speedup_cached_vs_pixels": ratio,

@@ -71,6 +71,15 @@ def machine_info(threads: int) -> dict:
     }
 
 
+def synchronize(device) -> None:
+    """Wait for the GPU's queued work, so that a timer read after it covers that work (CUDA runs
+    asynchronously); nothing to do on a CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed(fn, repeats: int = 1):
     """(result of the last call, median seconds over `repeats` calls). The median rather than the
     mean because a shared CPU produces occasional long outliers."""

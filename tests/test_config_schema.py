@@ -53,7 +53,7 @@ def test_demo_config_validates():
     validate(demo_config(), str(SCHEMA))
 
 
-@pytest.mark.parametrize("overlay", ["analyses.yaml", "longer_finetunes.yaml", "two_seeds.yaml"])
+@pytest.mark.parametrize("overlay", ["analyses.yaml", "longer_finetunes.yaml", "two_seeds.yaml", "gpu_demo.yaml"])
 def test_demo_config_with_each_shipped_overlay_validates(overlay):
     """The overlays are given after config.yaml; Snakemake merges nested mappings key by key."""
     from snakemake.utils import update_config
@@ -61,6 +61,19 @@ def test_demo_config_with_each_shipped_overlay_validates(overlay):
     config = demo_config()
     update_config(config, yaml.safe_load((REPO / "config" / overlay).read_text()))
     validate(config, str(SCHEMA))
+
+
+def test_gpu_demo_stack_gives_learning_fine_tunes_three_seeds_and_auto_device():
+    """config.yaml, longer_finetunes.yaml, gpu_demo.yaml: the command that benchmarks/gpu_check.py runs."""
+    from snakemake.utils import update_config
+
+    config = demo_config()
+    for overlay in ("longer_finetunes.yaml", "gpu_demo.yaml"):
+        update_config(config, yaml.safe_load((REPO / "config" / overlay).read_text()))
+    validate(config, str(SCHEMA))
+    longer = yaml.safe_load((REPO / "config" / "longer_finetunes.yaml").read_text())
+    assert config["seeds"] == [0, 1, 2] and config["model"]["device"] == "auto"
+    assert config["settings"] == longer["settings"] and config["finetune"]["epochs"] == longer["finetune"]["epochs"]
 
 
 def test_micro_config_validates():

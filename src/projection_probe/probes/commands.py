@@ -116,7 +116,9 @@ def run_train_probe(args) -> int:
         if args.threads < 1:
             raise InputError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    from projection_probe.models.loaders import resolve_device
+
+    device = resolve_device(args.device)
 
     classes = read_classes(args.classes)
     x_train, y_train, _ = load_features(args.train, args.feature, len(classes))

@@ -197,7 +197,9 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
         n_classes = int(max(np.max(np.asarray(y_train), initial=-1), np.max(np.asarray(y_test), initial=-1))) + 1
     ytr = _as_labels("y_train", y_train, xtr.shape[0], n_classes)
     yte = _as_labels("y_test", y_test, xte.shape[0], n_classes)
-    device = torch.device(device)
+    from projection_probe.models.loaders import resolve_device
+
+    device = torch.device(resolve_device(device) if isinstance(device, str) else device)
 
     if val_source == "split":
         fit_idx, val_idx, stratified = split_validation(ytr.numpy(), val_fraction, seed)

@@ -25,8 +25,11 @@ TINY_CORPUS = [
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
-def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400):
-    """A byte-level BPE tokenizer with Llama-style `<s>`/`</s>` specials and an `<image>` token."""
+def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400, extra_corpus: list[str] = ()):
+    """A byte-level BPE tokenizer with Llama-style `<s>`/`</s>` specials and an `<image>` token.
+
+    With a larger `vocab_size` (and `extra_corpus`) whole words of the corpus become single tokens, so
+    that prompts have about as many tokens as with Llama's tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,7 +38,7 @@ def make_tiny_tokenizer(out_dir: str | Path | None = None, vocab_size: int = 400
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator((TINY_CORPUS + list(extra_corpus)) * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", bos)])
@@ -76,24 +79,53 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, pa
     """A random `LlavaForConditionalGeneration` (CLIP vision + Llama) with tokenizer, saved to out_dir.
     `tokenizer` replaces the tiny BPE one (it must hold `<image>`); `llava_config` overrides
     `LlavaConfig` keys (`projector_hidden_act`, `multimodal_projector_bias`, ...)."""
+    tokenizer = tokenizer if tokenizer is not None else make_tiny_tokenizer()
+    return make_random_llava(out_dir, tiny_clip_vision_config(image_size, patch_size),
+                             tiny_llama_config(len(tokenizer), tokenizer=tokenizer), tokenizer, seed=seed,
+                             **llava_config)
+
+
+def llava_1_5_7b_configs(tokenizer=None):
+    """(vision, text) configs with LLaVA-1.5-7B's exact shapes: CLIP ViT-L/14 at 336 px (576 patches of
+    1024-d) and Vicuna-7B, i.e. Llama-2-7B with LLaVA's 32,064-token vocabulary."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False,
+                       bos_token_id=getattr(tokenizer, "bos_token_id", 1),
+                       eos_token_id=getattr(tokenizer, "eos_token_id", 2),
+                       pad_token_id=getattr(tokenizer, "pad_token_id", 0))
+    return vision, text
+
+
+def make_random_llava(out_dir: str | Path, vision_config, text_config, tokenizer, seed: int = 0,
+                      dtype: torch.dtype = torch.float32, device: str = "cpu", **llava_config):
+    """A randomly initialised `LlavaForConditionalGeneration` of the given configs with `tokenizer` (whose
+    `<image>` token becomes the image token), saved to out_dir. `dtype` and `device` are where the
+    weights are created: a 7B model is initialised in bf16 on a GPU in seconds, in fp32 on a CPU in
+    minutes. `llava_config` overrides `LlavaConfig` keys."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    if tokenizer is None:
-        tokenizer = make_tiny_tokenizer(out_dir)
-    else:
-        tokenizer.save_pretrained(out_dir)
     settings = dict(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
                     vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    config = LlavaConfig(vision_config=tiny_clip_vision_config(image_size, patch_size),
-                         text_config=tiny_llama_config(len(tokenizer), tokenizer=tokenizer),
-                         **{**settings, **llava_config})
-    model = LlavaForConditionalGeneration(config).eval()
+    config = LlavaConfig(vision_config=vision_config, text_config=text_config, **{**settings, **llava_config})
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out_dir)
-    _write_preprocessor_config(out_dir, image_size)
+    tokenizer.save_pretrained(out_dir)
+    _write_preprocessor_config(out_dir, vision_config.image_size)
     return model, tokenizer
 
 

@@ -74,6 +74,33 @@ def configure_trainable(facade, setting: str, lora_r: int = 128, lora_alpha: int
     return [name for name, p in facade.named_parameters() if p.requires_grad]
 
 
+def enable_gradient_checkpointing(facade) -> None:
+    """Recompute each LLM layer's activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing needs no input that requires grad, so it also works when only the
+    projector (whose output feeds the LLM) or only adapters are trained."""
+    facade.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def prepare_for_training(facade, setting: str, model_dtype: str = "float32", template: str | None = None,
+                         lora_r: int = 128, lora_alpha: int = 256, lora_dropout: float = 0.05) -> list[str]:
+    """Make a loaded facade ready for `train_facade` in one setting; returns the trainable names.
+
+    Training reads cached X_v, so the frozen vision tower is dropped (it would only hold memory).
+    The LLM is cast to `model_dtype`; the projector (21M parameters for 7B) always trains in float32,
+    also when the LLM is bf16: bf16 would round away most of its small updates."""
+    from projection_probe.models.templates import get_template
+
+    if model_dtype not in MODEL_DTYPES:
+        raise InputError(f"model_dtype {model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
+    facade.vision = None
+    facade.to(MODEL_DTYPES[model_dtype])
+    facade.projector.float()
+    if template:
+        facade.template = get_template(template)
+    return configure_trainable(facade, setting, lora_r, lora_alpha, lora_dropout)
+
+
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -265,9 +292,7 @@ def train_facade(facade, train_dataset, work_dir: str | Path, *, lr: float, effe
     state.wait_for_everyone()
 
     if gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad, so it also works when only
-        # the projector (whose output feeds the LLM) or only adapters are trained.
-        facade.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(facade)
     facade.language_model.config.use_cache = False
 
     trainer = FacadeTrainer(model=facade, args=args, train_dataset=train_dataset,
@@ -350,7 +375,6 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
 
     from projection_probe.features.cache import load_vision_cache
     from projection_probe.models.loaders import FACADE_FILE, load_facade
-    from projection_probe.models.templates import get_template
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
     from transformers import set_seed
 
@@ -368,14 +392,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     # Seed before LoRA adapters are initialised, so that a resumed run rebuilds the same model.
     set_seed(seed)
     facade = load_facade(base_model_dir, dtype=MODEL_DTYPES[model_dtype], trust_remote_code=trust_remote_code)
-    # Training reads cached X_v; the frozen vision tower would only hold memory.
-    facade.vision = None
-    # The projector (21M parameters for 7B) always trains in float32, also when --model-dtype
-    # bfloat16 keeps the LLM in bf16: bf16 would round away most of its small updates.
-    facade.projector.float()
-    if template:
-        facade.template = get_template(template)
-    trainable = configure_trainable(facade, setting, lora_r, lora_alpha, lora_dropout)
+    trainable = prepare_for_training(facade, setting, model_dtype, template, lora_r, lora_alpha, lora_dropout)
     log.info("%s: %d trainable tensors, %d parameters, on %d examples", setting, len(trainable),
              count_parameters(facade), len(dataset))
 
