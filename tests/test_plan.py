@@ -2,6 +2,8 @@
 with a real optimizer step), the sweep's table from the config alone, and the jobs that cannot fit."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -13,6 +15,8 @@ from projection_probe.models.loaders import load_facade
 from projection_probe.plan.estimate import finetune_cli_defaults, load_config, training_state
 from projection_probe.train.finetune import MODEL_DTYPES, configure_trainable
 from test_train import make_llava_base
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def test_predicted_bytes_equal_the_real_ones(tiny, setting, model_dtype, tmp_pat
 
 
 def tiny_config(root, base_dir) -> dict:
-    config = yaml.safe_load(open("config/paper.yaml"))
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     config["model"]["llava_hf"] = str(base_dir)
     for name, setting in config["settings"].items():
         if setting["kind"] == "ft-lora":
@@ -78,7 +82,7 @@ def test_plan_of_the_tiny_model_fits(tiny, tmp_path, capsys):
     root, _ = tiny
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config(root, root / "llava")))
-    args = ["plan", "--configfile", str(config_file), "--results", str(tmp_path / "results")]
+    args = ["plan", "--configfile", str(config_file), "--results", str(tmp_path / "results"), "--directory", str(REPO)]
     assert main(args + ["--gpu-memory-gb", "1000"]) == 0
     out = capsys.readouterr().out
     assert "Every job fits." in out and "| ft-e2e | 2 (fsdp) |" in out
@@ -90,12 +94,13 @@ def test_plan_names_every_job_that_does_not_fit(tmp_path, capsys):
     """From the paper config alone (no model folder: LLaVA-1.5-7B's shapes): FT-E2E fits 80 GB GPUs
     on 2 GPUs with FSDP, and on one GPU it does not, and the plan names those 20 jobs."""
     paper = tmp_path / "paper.yaml"
-    config = yaml.safe_load(open("config/paper.yaml"))
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     config["model"]["llava_hf"] = str(tmp_path / "not-downloaded")
     paper.write_text(yaml.safe_dump(config))
     one_gpu = tmp_path / "one_gpu.yaml"
     one_gpu.write_text(yaml.safe_dump({"settings": {"ft-e2e": {"num_gpus": 1, "accelerate_config": None}}}))
-    args = ["plan", "--results", str(tmp_path / "results"), "--gpu-memory-gb", "80", "--configfile", str(paper)]
+    args = ["plan", "--results", str(tmp_path / "results"), "--directory", str(REPO), "--gpu-memory-gb", "80",
+            "--configfile", str(paper)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "not-downloaded/config.json absent: LLaVA-1.5-7B's shapes assumed" in out
@@ -116,7 +121,8 @@ def test_plan_reads_the_manifests_when_they_exist(tiny, tmp_path, capsys):
     manifest = tmp_path / "results" / "data" / "dtd" / "manifest.csv"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("image_path,label,split\n" + "a.jpg,banded,train\n" * 7)
-    assert main(["plan", "--configfile", str(config_file), "--results", str(tmp_path / "results")]) == 0
+    assert main(["plan", "--configfile", str(config_file), "--results", str(tmp_path / "results"),
+                 "--directory", str(REPO)]) == 0
     assert "dtd: 7 images;" in capsys.readouterr().out
 
 
@@ -128,8 +134,21 @@ def test_plan_bad_input_names_the_file_or_key(tiny, tmp_path, capsys):
     config["finetune"]["optim"] = "sgd"
     config_file = tmp_path / "sgd.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    assert main(["plan", "--configfile", str(config_file)]) == 2
+    assert main(["plan", "--configfile", str(config_file), "--directory", str(REPO)]) == 2
     assert "finetune.optim 'sgd'" in capsys.readouterr().err
     with pytest.raises(InputError, match="no `settings` key"):
         config_file.write_text(yaml.safe_dump({"datasets": {}, "model": {}, "seeds": [0]}))
         load_config([config_file])
+
+
+@pytest.mark.parametrize("overlay", ["ft_e2e_one_h200.yaml", "ft_e2e_one_80gb.yaml"])
+def test_one_gpu_overlays_validate_over_the_paper_config(overlay):
+    from snakemake.utils import validate
+
+    from projection_probe.plan.estimate import merge
+
+    config = load_config([REPO / "config" / "paper.yaml", REPO / "config" / overlay])
+    validate(merge({}, config), str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    ft_e2e = config["settings"]["ft-e2e"]
+    assert (ft_e2e["kind"], ft_e2e["num_gpus"], ft_e2e["accelerate_config"], ft_e2e["effective_batch"]) == (
+        "ft-e2e", 1, None, 32)
