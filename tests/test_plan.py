@@ -72,7 +72,7 @@ def test_predicted_bytes_equal_the_real_ones(tiny, setting, model_dtype, tmp_pat
 def tiny_config(root, base_dir) -> dict:
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     config["model"]["llava_hf"] = str(base_dir)
-    for name, setting in config["settings"].items():
+    for setting in config["settings"].values():
         if setting["kind"] == "ft-lora":
             setting.update(lora_r=4, lora_alpha=8)
     return config
