@@ -291,17 +291,16 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
 
     results, config_dir = Path(results), Path(config_dir)
     llava_json, model_source = llava_config(config)
-    text = {**LLAVA_15_7B["text_config"], **llava_json.get("text_config", {})}
-    text.setdefault("num_key_value_heads", text["num_attention_heads"])
-    vision_cfg = {**LLAVA_15_7B["vision_config"], **llava_json.get("vision_config", {})}
-    patches = (vision_cfg["image_size"] // vision_cfg["patch_size"]) ** 2
-    if llava_json.get("vision_feature_select_strategy", "default") == "full":
-        patches += 1
-    width = vision_cfg["hidden_size"]
     infer_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
         config["model"].get("dtype", "float32")]
     infer_bytes = torch.tensor([], dtype=infer_dtype).element_size()
     inference = meta_facade(llava_json, infer_dtype)
+    # The shapes as transformers completes them (a config.json may leave keys at the class defaults).
+    lm_config = inference.language_model.config
+    text = {k: getattr(lm_config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                "vocab_size")}
+    text["num_key_value_heads"] = getattr(lm_config, "num_key_value_heads", None) or text["num_attention_heads"]
+    patches, width = inference.num_image_tokens, inference.vision.hidden_size
     vision_params = sum(p.numel() for p in inference.vision.parameters())
     all_params = sum(p.numel() for p in inference.parameters())
     projector_params = sum(p.numel() for p in inference.projector.parameters())
