@@ -89,10 +89,11 @@ def load_config(paths: list[str | Path]) -> dict:
 
 def finetune_cli_defaults() -> dict:
     """The `finetune` subcommand's option defaults: what a setting gets for a key its config omits."""
-    from projection_probe.cli import build_parser
+    from projection_probe.train.commands import register
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["finetune"]
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    register(subparsers)
+    sub = subparsers.choices["finetune"]
     return {a.dest: a.default for a in sub._actions if a.dest != "help"}
 
 
