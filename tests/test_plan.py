@@ -152,3 +152,23 @@ def test_one_gpu_overlays_validate_over_the_paper_config(overlay):
     ft_e2e = config["settings"]["ft-e2e"]
     assert (ft_e2e["kind"], ft_e2e["num_gpus"], ft_e2e["accelerate_config"], ft_e2e["effective_batch"]) == (
         "ft-e2e", 1, None, 32)
+
+
+def test_plan_refuses_what_it_cannot_size(tmp_path, capsys):
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["model"] = {"loader": "parts"}
+    parts = tmp_path / "parts.yaml"
+    parts.write_text(yaml.safe_dump(config))
+    assert main(["plan", "--configfile", str(parts)]) == 2
+    assert "model.loader 'parts'" in capsys.readouterr().err
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["model"]["llava_hf"] = str(tmp_path / "not-downloaded")
+    config["datasets"]["dtd"]["source"]["kind"] = "sklearn_digits"
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(yaml.safe_dump(config))
+    assert main(["plan", "--configfile", str(unknown), "--results", str(tmp_path / "results"),
+                 "--directory", str(REPO)]) == 2
+    assert f"datasets.dtd: {tmp_path / 'results' / 'data' / 'dtd' / 'manifest.csv'} does not exist" in (
+        capsys.readouterr().err)
+    assert main(["plan", "--configfile", str(unknown), "--gpu-memory-gb", "0"]) == 2
+    assert "--gpu-memory-gb 0.0: must be positive" in capsys.readouterr().err
