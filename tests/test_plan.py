@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train import make_llava_base
 from transformers import Trainer, TrainingArguments
 
 from projection_probe.cli import main
@@ -14,7 +15,6 @@ from projection_probe.io import InputError, read_json
 from projection_probe.models.loaders import load_facade
 from projection_probe.plan.estimate import finetune_cli_defaults, load_config, training_state
 from projection_probe.train.finetune import MODEL_DTYPES, configure_trainable
-from test_train import make_llava_base
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train import make_llava_base, write_training_inputs
 
 from projection_probe.io import load_safetensors, read_json
 from projection_probe.models.loaders import load_facade
-from test_train import make_llava_base, write_training_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_CONFIG = REPO / "config" / "accelerate" / "ddp_2gpu.yaml"
