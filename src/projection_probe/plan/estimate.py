@@ -52,7 +52,8 @@ ASSUMPTIONS = [
     f"Tokens per example: the image tokens plus the prompt's characters / {CHARS_PER_TOKEN} "
     f"({PROMPT_OVERHEAD_CHARS} characters of template and instruction plus the class list).",
     "Inference (classify): weights in model.dtype plus a KV cache of batch x (prompt + max_new_tokens) "
-    "tokens; `likelihood` scores every label of a batch at once (one KV cache per label).",
+    "tokens (`auto`: the longest class's characters / 3.5 + 5); `likelihood` scores every label of a "
+    "batch at once (one KV cache per label).",
     f"Every device adds {OVERHEAD_BYTES / GB:.0f} GB for the CUDA context, workspaces and allocator slack.",
     "Disk: the vision cache holds X_v and the pooled vector in float16; a checkpoint holds the trainable "
     "parameters in their dtype and the optimizer state (FSDP: every parameter), and while the next one "
@@ -359,8 +360,12 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
         # Classification and pooled features cost the same for every setting: one row each, all settings.
         runs = sum(1 if raw["kind"] == "none" else len(seeds) for raw in config["settings"].values())
         every_setting = f"all {len(config['settings'])}"
+        new_tokens = classify.get("max_new_tokens", 16)
+        if not isinstance(new_tokens, int):  # `auto`: the longest class's answer tokens + EOS + 4
+            new_tokens = math.ceil(max((len(c) for c in config["datasets"][name].get("classes") or []),
+                                       default=0) / CHARS_PER_TOKEN) + 5
         for mode in modes:
-            kv = batch * (tokens + classify.get("max_new_tokens", 16)) * kv_per_token
+            kv = batch * (tokens + new_tokens) * kv_per_token
             if mode == "likelihood":
                 kv *= n_classes
             jobs.append(Job("classify", f"{every_setting}, {mode}", name, runs, 1,
