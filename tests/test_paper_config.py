@@ -74,6 +74,10 @@ def test_paper_config_validates_and_pins_the_papers_choices():
             settings["ft-proj"]["template"]) == (1e-3, 64, 32, "v1")
     assert (settings["ft-e2e"]["lr"], settings["ft-e2e"]["effective_batch"],
             settings["ft-e2e"]["per_device_batch"]) == (2e-5, 32, 16)
+    # FT-E2E as the paper ran it: 2 GPUs, FSDP full shard, no gradient accumulation.
+    assert (settings["ft-e2e"]["num_gpus"], settings["ft-e2e"]["accelerate_config"]) == (
+        2, "config/accelerate/fsdp_2gpu.yaml")
+    assert (REPO / settings["ft-e2e"]["accelerate_config"]).is_file()
     assert config["finetune"]["max_grad_norm"] == 0.0
     assert (config["model"]["loader"], config["model"]["template"], config["model"]["image_preprocessing"]) == (
         "llava_hf", "v1", "pad")
@@ -195,7 +199,9 @@ def e2e_config(tmp: Path) -> dict:
     config["model"].update(llava_hf=str(tmp / "models" / "tiny-llava"), device="cpu", dtype="float32")
     for name, setting in config["settings"].items():
         if setting["kind"] != "none":
-            setting.update(effective_batch=4, per_device_batch=2)
+            # One process per fine-tune: the 2-process FSDP route of ft-e2e has its own CPU test
+            # (tests/test_train_distributed.py).
+            setting.update(effective_batch=4, per_device_batch=2, num_gpus=1, accelerate_config=None)
         if setting["kind"] == "ft-lora":
             setting.update(lora_r=4, lora_alpha=8)
     config["finetune"].update(bf16=False, gradient_checkpointing=False, checkpoint_every_steps=2)

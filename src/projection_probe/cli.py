@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "projection_probe.baselines.commands",
     "projection_probe.report.commands",
     "projection_probe.analysis.commands",
+    "projection_probe.plan.commands",
 ]
 
 

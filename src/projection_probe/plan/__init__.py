@@ -1,0 +1,1 @@
+"""Resource planning: memory and disk of a config's sweep before it runs."""
