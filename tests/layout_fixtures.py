@@ -15,8 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from projection_probe.data.preparers.crisismmd import (PAPER_FIGURE3_CLASSES, PAPER_FIGURE3_DROP_LABELS,
-                                                       PAPER_FIGURE3_LABEL_MAP, TSV_COLUMNS)
+from projection_probe.data.preparers.crisismmd import (
+    PAPER_FIGURE3_CLASSES,
+    PAPER_FIGURE3_DROP_LABELS,
+    PAPER_FIGURE3_LABEL_MAP,
+    TSV_COLUMNS,
+)
 
 PLANTDOC_TRAIN_ONLY_CLASS = "Tomato two spotted spider mites leaf"
 

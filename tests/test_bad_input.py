@@ -20,8 +20,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from layout_fixtures import (crisismmd_image, crisismmd_tsv, link_image, make_crisismmd, make_plantdoc, make_zero_byte,
-                             nest_folder, put_tab_in_tweet, truncate_image)
 from PIL import Image
 
 from projection_probe.cli import main
@@ -31,6 +29,18 @@ from projection_probe.data.sources import register_source
 from projection_probe.io import save_safetensors, write_json
 from projection_probe.testing.micro import REPO_ROOT, micro_config, snakemake_command
 from projection_probe.testing.tiny import make_tiny_parts
+
+from layout_fixtures import (
+    crisismmd_image,
+    crisismmd_tsv,
+    link_image,
+    make_crisismmd,
+    make_plantdoc,
+    make_zero_byte,
+    nest_folder,
+    put_tab_in_tweet,
+    truncate_image,
+)
 
 CLASSES = ["cat", "dog", "bird"]
 

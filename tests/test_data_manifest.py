@@ -11,9 +11,17 @@ from PIL import Image
 
 from projection_probe.cli import main
 from projection_probe.data.images import load_rgb
-from projection_probe.data.manifest import (BadImage, ManifestRow, bad_images_error, check_images, read_manifest,
-                                            resolve_duplicates, validate_manifest, verify_image_hashes,
-                                            write_manifest)
+from projection_probe.data.manifest import (
+    BadImage,
+    ManifestRow,
+    bad_images_error,
+    check_images,
+    read_manifest,
+    resolve_duplicates,
+    validate_manifest,
+    verify_image_hashes,
+    write_manifest,
+)
 from projection_probe.data.sources import get_source, register_source
 from projection_probe.io import InputError
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_workflow
 
 from projection_probe.io import load_safetensors, read_json
 from projection_probe.testing.micro import ANALYSIS_OVERRIDES, make_micro_workdir
+
+from conftest import run_workflow
 
 pytestmark = pytest.mark.slow
 

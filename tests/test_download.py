@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from projection_probe.data.download import (archive_path_for, download_archive, download_dataset, extract_archive,
-                                            manual_download_message, register_download_commands)
+from projection_probe.data.download import (
+    archive_path_for,
+    download_archive,
+    download_dataset,
+    extract_archive,
+    manual_download_message,
+    register_download_commands,
+)
 from projection_probe.io import InputError
 
 

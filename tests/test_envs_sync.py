@@ -3,9 +3,9 @@ same packages at the same versions as `pip install -e .[demo,slurm]`."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

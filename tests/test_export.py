@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_train import TINY, make_llava_base, write_training_inputs
 from transformers import LlavaForConditionalGeneration
 
 from projection_probe.io import InputError
@@ -13,7 +14,6 @@ from projection_probe.models.loaders import load_facade, write_facade_spec
 from projection_probe.testing.tiny import make_tiny_parts
 from projection_probe.train.export import export_llava_hf
 from projection_probe.train.finetune import finetune
-from test_train import TINY, make_llava_base, write_training_inputs
 
 PROMPTS = ["<image>\nClassify this image: \"banded\", \"dotted\".",
            "<image>\nClassify this image into one of the following categories relating to textures: \"striped\"."]

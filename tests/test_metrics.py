@@ -3,8 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from projection_probe.evaluate.metrics import (PREDICTION_COLUMNS, classification_metrics,
-                                               metrics_from_predictions_csv)
+from projection_probe.evaluate.metrics import PREDICTION_COLUMNS, classification_metrics, metrics_from_predictions_csv
 from projection_probe.io import InputError
 
 CLASSES = ["a", "b", "c"]

@@ -16,9 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
+from projection_probe.data.preparers.crisismmd import (
+    PAPER_FIGURE3_CLASSES,
+    PAPER_FIGURE3_DROP_LABELS,
+    PAPER_FIGURE3_LABEL_MAP,
+)
+
 from layout_fixtures import make_crisismmd, make_dermnet, make_dtd, make_plantdoc
-from projection_probe.data.preparers.crisismmd import (PAPER_FIGURE3_CLASSES, PAPER_FIGURE3_DROP_LABELS,
-                                                       PAPER_FIGURE3_LABEL_MAP)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "config" / "paper.yaml"

@@ -9,14 +9,28 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from layout_fixtures import (DERMNET_FOLDERS, PLANTDOC_TRAIN_ONLY_CLASS, crisismmd_image, crisismmd_tsv,
-                             link_image, make_crisismmd, make_dermnet, make_dtd, make_plantdoc, make_zero_byte,
-                             nest_folder, put_tab_in_tweet, truncate_image, write_image)
 
 from projection_probe.data.manifest import read_manifest, validate_manifest
 from projection_probe.data.preparers.common import normalise_label
 from projection_probe.data.sources import available_sources, bad_image_list_path, prepare_dataset, run_source
 from projection_probe.io import InputError
+
+from layout_fixtures import (
+    DERMNET_FOLDERS,
+    PLANTDOC_TRAIN_ONLY_CLASS,
+    crisismmd_image,
+    crisismmd_tsv,
+    link_image,
+    make_crisismmd,
+    make_dermnet,
+    make_dtd,
+    make_plantdoc,
+    make_zero_byte,
+    nest_folder,
+    put_tab_in_tweet,
+    truncate_image,
+    write_image,
+)
 
 
 def _counts(rows):

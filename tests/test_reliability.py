@@ -23,9 +23,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import copy_run
-
 from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
+
+from conftest import copy_run
 
 # Tests that run CLIs on models or a Snakemake DAG take tens of seconds each: they are marked slow
 # and kept out of the quick `-m "not slow"` selection.

@@ -12,8 +12,18 @@ from projection_probe.cli import main
 from projection_probe.io import InputError
 from projection_probe.report.aggregate import collect_runs, read_all_runs, summarize
 from projection_probe.report.figures import plot_richness, richness_points
-from projection_probe.report.tables import (MISSING, PaperResults, fmt_f1_acc, fmt_mean_std, fmt_pct, make_tables,
-                                            pct_change, table1, table2, table3)
+from projection_probe.report.tables import (
+    MISSING,
+    PaperResults,
+    fmt_f1_acc,
+    fmt_mean_std,
+    fmt_pct,
+    make_tables,
+    pct_change,
+    table1,
+    table2,
+    table3,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,20 @@ from projection_probe.io import InputError, load_safetensors, read_json, save_sa
 from projection_probe.models.facade import IGNORE_INDEX, MultimodalLM
 from projection_probe.models.loaders import load_facade, write_facade_spec
 from projection_probe.testing.tiny import make_tiny_llava, make_tiny_parts
-from projection_probe.train.data import (CachedFeatureDataset, MultimodalCollator, TrainExample, read_train_examples,
-                                         stratified_subset)
-from projection_probe.train.finetune import (configure_trainable, count_parameters, finetune,
-                                             find_lora_target_modules, gradient_accumulation_steps)
+from projection_probe.train.data import (
+    CachedFeatureDataset,
+    MultimodalCollator,
+    TrainExample,
+    read_train_examples,
+    stratified_subset,
+)
+from projection_probe.train.finetune import (
+    configure_trainable,
+    count_parameters,
+    find_lora_target_modules,
+    finetune,
+    gradient_accumulation_steps,
+)
 
 LABELS = ["banded", "dotted", "striped"]
 LLAMA_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -99,7 +109,13 @@ def test_trainable_sets_per_setting(llava_setup):
 
 def _llava_7b_facade():
     """LLaVA-1.5-7B's shapes on the meta device, as a facade (no weights are allocated)."""
-    from transformers import AutoModelForCausalLM, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        AutoModelForCausalLM,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from projection_probe.models.projector import MLP2xGeluProjector
     from projection_probe.models.vision import ClipVisionEncoder

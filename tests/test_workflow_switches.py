@@ -2,7 +2,6 @@
 command line reach exactly the jobs they concern, and leave the others' params (and results) alone."""
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 

@@ -6,7 +6,6 @@ percentile bootstrap CI over seeds. Selectivity = accuracy − control-task accu
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

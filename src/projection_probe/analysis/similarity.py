@@ -83,7 +83,7 @@ def _align(ids: list[str], reference: list[str], where: str) -> np.ndarray:
     return np.array([pos[p] for p in reference])
 
 
-def similarity_rows(dataset: str, seed: int, layer_sets: dict, pooled: dict, k: int = 10) -> "pd.DataFrame":
+def similarity_rows(dataset: str, seed: int, layer_sets: dict, pooled: dict, k: int = 10) -> pd.DataFrame:
     """Similarity of the same (test) images' representations.
 
     ``layer_sets``: ``{setting: ({pooling: L×N×D}, labels, ids)}``: every pair of settings at every

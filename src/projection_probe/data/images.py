@@ -6,8 +6,8 @@ import hashlib
 import io
 import re
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,7 +29,7 @@ class BadImageError(InputError):
         self.path, self.reason = path, reason
 
     @classmethod
-    def of(cls, path: str | Path, reason: str) -> "BadImageError":
+    def of(cls, path: str | Path, reason: str) -> BadImageError:
         return cls(f"{path}: {reason}; {BAD_IMAGE_ADVICE}", str(path), reason)
 
 

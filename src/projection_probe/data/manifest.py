@@ -7,9 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from projection_probe.io import InputError, atomic_path
 

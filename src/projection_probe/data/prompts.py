@@ -6,8 +6,8 @@ it is seeded, from (seed, image_path), so a rerun reproduces every prompt exactl
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from projection_probe.data.manifest import ManifestRow
 from projection_probe.io import InputError, read_json, write_jsonl

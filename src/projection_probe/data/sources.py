@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from projection_probe.data.manifest import ManifestRow, SourceRows
 from projection_probe.io import InputError
@@ -110,9 +110,16 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     import shutil
     import tempfile
 
-    from projection_probe.data.manifest import (BAD_IMAGE_POLICIES, bad_images_error, check_images,
-                                                count_by_kind, resolve_duplicates, validate_manifest,
-                                                write_bad_image_report, write_manifest)
+    from projection_probe.data.manifest import (
+        BAD_IMAGE_POLICIES,
+        bad_images_error,
+        check_images,
+        count_by_kind,
+        resolve_duplicates,
+        validate_manifest,
+        write_bad_image_report,
+        write_manifest,
+    )
     from projection_probe.io import write_json, write_text
 
     classes = check_class_list(classes)
@@ -121,7 +128,8 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     root = source_cfg.get("root") if isinstance(source_cfg, dict) else None
     if root is not None and not Path(root).exists():
         # A missing download is the commonest first-run error: say where the files come from.
-        from projection_probe.data.download import DATASETS as DOWNLOADABLE, manual_download_message
+        from projection_probe.data.download import DATASETS as DOWNLOADABLE
+        from projection_probe.data.download import manual_download_message
 
         if source_cfg.get("kind") in DOWNLOADABLE:
             raise InputError(f"datasets.{dataset}.source.root = {root}: folder not found.\n"

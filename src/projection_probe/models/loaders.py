@@ -15,8 +15,8 @@ import torch
 
 from projection_probe.io import InputError, load_safetensors, read_json, write_json
 from projection_probe.models.facade import MultimodalLM
-from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.projector import MLP2xGeluProjector, build_projector
+from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, EfficientNetLiteEncoder
 
 log = logging.getLogger(__name__)

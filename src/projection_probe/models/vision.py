@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from projection_probe.io import InputError
 from projection_probe.data.images import preprocess
+from projection_probe.io import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

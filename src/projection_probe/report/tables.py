@@ -106,7 +106,7 @@ class PaperResults:
         self.dataset_map = dataset_map
 
     @classmethod
-    def load(cls, csv_path: str | Path, map_path: str | Path) -> "PaperResults":
+    def load(cls, csv_path: str | Path, map_path: str | Path) -> PaperResults:
         csv_path = Path(csv_path)
         if not csv_path.exists():
             raise InputError(f"{csv_path}: paper results file not found")

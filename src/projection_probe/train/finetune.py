@@ -372,11 +372,11 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     `lora_adapter/` for ft-lora, plus train_log.json). `projector_lr` applies to ft-lora only.
     Returns the train log."""
     from accelerate import PartialState
+    from transformers import set_seed
 
     from projection_probe.features.cache import load_vision_cache
     from projection_probe.models.loaders import FACADE_FILE, load_facade
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
-    from transformers import set_seed
 
     if setting not in SETTINGS:
         raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS}")

@@ -22,8 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 from projection_probe.data.manifest import LISTED_IN_MESSAGE, ManifestRow, SourceRows
-from projection_probe.data.preparers.common import (LabelResolver, nested_file_hint, read_label_map,
-                                                    require_dir, source_root)
+from projection_probe.data.preparers.common import (
+    LabelResolver,
+    nested_file_hint,
+    read_label_map,
+    require_dir,
+    source_root,
+)
 from projection_probe.data.sources import register_source
 from projection_probe.io import InputError
 

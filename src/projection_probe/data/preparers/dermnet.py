@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from projection_probe.data.manifest import ManifestRow
-from projection_probe.data.preparers.common import (LabelResolver, class_folder_rows, read_label_map,
-                                                    source_root)
+from projection_probe.data.preparers.common import LabelResolver, class_folder_rows, read_label_map, source_root
 from projection_probe.data.sources import register_source
 
 KIND = "dermnet"

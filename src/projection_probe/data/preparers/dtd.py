@@ -11,8 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from projection_probe.data.manifest import ManifestRow, SourceRows
-from projection_probe.data.preparers.common import (LabelResolver, nested_file_hint, read_label_map,
-                                                    require_dir, source_root)
+from projection_probe.data.preparers.common import (
+    LabelResolver,
+    nested_file_hint,
+    read_label_map,
+    require_dir,
+    source_root,
+)
 from projection_probe.data.sources import register_source
 from projection_probe.io import InputError
 
