@@ -81,7 +81,7 @@ def make_dermnet(root: str | Path) -> tuple[list[str], dict]:
     seed = 0
     for folder in DERMNET_FOLDERS:
         for split, n in (("train", 2), ("test", 1)):
-            for i in range(n):
+            for _ in range(n):
                 seed += 1
                 write_image(root / split / folder / f"img_{seed:03d}.jpg", seed)
     label_map = {k: v for k, v in DERMNET_FOLDERS.items() if k.endswith(" Photos")}

@@ -60,7 +60,8 @@ def png(path: Path, seed: int, size=(32, 32)) -> str:
 
 
 def prepare_args(out_dir: Path, rows: list, *extra: str) -> list[str]:
-    return ["prepare-dataset", "--dataset", "toy", "--source-json", json.dumps({"kind": "_bad_input_rows", "rows": rows}),
+    return ["prepare-dataset", "--dataset", "toy",
+            "--source-json", json.dumps({"kind": "_bad_input_rows", "rows": rows}),
             "--classes-json", json.dumps(CLASSES), "--task", "animals", "--out-dir", str(out_dir), *extra]
 
 
@@ -205,7 +206,7 @@ def test_image_changed_since_prepare_stops_feature_extraction_naming_it(setup, t
     """The manifest's sha256 column is checked before any image is encoded."""
     prepared = [line.split(",") for line in (setup["data"] / "manifest.csv").read_text().splitlines()[1:]]
     lines = ["image_path,label,split,sha256"]
-    for k, (path, label, split, sha256) in enumerate(prepared):
+    for path, label, split, sha256 in prepared:
         copy = tmp_path / "img" / Path(path).name
         copy.parent.mkdir(exist_ok=True)
         shutil.copy(path, copy)
@@ -348,7 +349,8 @@ def test_hand_edited_manifest_stops_build_prompts(setup, tmp_path, capsys, case)
                 "duplicate-path": (f"{manifest}:4", f"duplicate image_path {a!r}"),
                 "unknown-label": (f"{manifest}:3", "label 'fish'")}[case]
     out = tmp_path / "prompts.jsonl"
-    fails_naming(capsys, ["build-prompts", "--manifest", str(manifest), "--classes", str(setup["data"] / "classes.json"),
+    fails_naming(capsys, ["build-prompts", "--manifest", str(manifest),
+                          "--classes", str(setup["data"] / "classes.json"),
                           "--seed", "0", "--out", str(out)], *expected)
     assert not out.exists()
 
@@ -524,7 +526,8 @@ def test_free_text_config_values_reach_the_cli_as_single_words(hostile_dry_run):
     assert json.loads(argument(commands, "extract-vision-features", "--vision-json"))["path"] == \
         config["model"]["vision"]["path"]
     assert argument(commands, "clip-zero-shot", "--model") == config["baselines"]["encoder_zero_shot"]["model"]
-    assert argument(commands, "clip-zero-shot", "--template") == config["baselines"]["encoder_zero_shot"]["templates"][0]
+    assert argument(commands, "clip-zero-shot", "--template") == \
+        config["baselines"]["encoder_zero_shot"]["templates"][0]
     assert argument(commands, "make-tables", "--encoder-name") == HOSTILE
     assert argument(commands, "make-tables", "--mllm-name") == HOSTILE
 

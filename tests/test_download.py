@@ -150,7 +150,8 @@ def test_manual_download_messages_name_the_folder_and_layout(tmp_path):
     dermnet = manual_download_message("dermnet", tmp_path / "dermnet")
     assert str(tmp_path / "dermnet") in dermnet and "train/<class>/<image> and test/<class>/<image>" in dermnet
     crisis = manual_download_message("crisismmd")
-    assert "source.root" in crisis and "crisismmd_datasplit_all/task_humanitarian_text_img_{train,dev,test}.tsv" in crisis
+    assert "source.root" in crisis
+    assert "crisismmd_datasplit_all/task_humanitarian_text_img_{train,dev,test}.tsv" in crisis
     assert "data_image/" in crisis and "CrisisMMD_v2.0.tar.gz" in crisis
     assert "dtd-r1.0.1.tar.gz" in manual_download_message("dtd")
 

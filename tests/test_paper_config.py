@@ -201,7 +201,7 @@ def e2e_config(tmp: Path) -> dict:
     make_tiny_clip(tmp / "models" / "tiny-clip")
     config["seeds"] = [0]
     config["model"].update(llava_hf=str(tmp / "models" / "tiny-llava"), device="cpu", dtype="float32")
-    for name, setting in config["settings"].items():
+    for setting in config["settings"].values():
         if setting["kind"] != "none":
             # One process per fine-tune: the 2-process FSDP route of ft-e2e has its own CPU test
             # (tests/test_train_distributed.py).

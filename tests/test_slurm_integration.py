@@ -85,11 +85,15 @@ TOY_SNAKEFILE = textwrap.dedent(
     rule finetune:  # GPU rule: the count from here (as the real rule), gpu_model from the profile
         output: "finetune.txt"
         resources: gpu=1
-        shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}} > {output}"
+        shell:
+            "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"
+            " > {output}"
 
     rule train_probe_post:  # CPU rule that goes to Slurm without a GPU
         output: "probe.txt"
-        shell: "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}} > {output}"
+        shell:
+            "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"
+            " > {output}"
 
     rule make_tables:  # local rule: runs inside the Snakemake process on the submitting node
         input: "finetune.txt", "probe.txt"
@@ -101,7 +105,7 @@ TOY_SNAKEFILE = textwrap.dedent(
 
 @pytest.mark.slurm
 @pytest.mark.slow  # it starts a Slurm cluster (tens of seconds), so the quick lane leaves it out
-def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_path):
+def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_path):  # noqa: F811 (fixture)
     workdir = tmp_path / "toy"
     workdir.mkdir()
     (workdir / "Snakefile").write_text(TOY_SNAKEFILE)
@@ -136,7 +140,7 @@ def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tiny_models, tmp_path):
+def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tiny_models, tmp_path):  # noqa: F811 (fixture)
     """The micro config through Slurm; its tables are compared with the session's shared local micro
     run (tests/conftest.py), which used the same tiny models."""
     from projection_probe.testing.micro import make_micro_workdir
@@ -177,6 +181,7 @@ def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tin
     write_summary([
         f"[slurm micro] jobs through Slurm: {sum(map(len, jobs.values()))}, "
         f"with a GPU: {sum(map(len, gpu_jobs.values()))}",
-        "  by rule: " + ", ".join(f"{r}={len(js)}{' (gpu)' if r in gpu_jobs else ''}" for r, js in sorted(jobs.items())),
+        "  by rule: " + ", ".join(f"{r}={len(js)}{' (gpu)' if r in gpu_jobs else ''}"
+                                  for r, js in sorted(jobs.items())),
         f"  local rules: {', '.join(sorted(local_rules_in_log(slurm_out)))}",
     ])

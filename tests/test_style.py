@@ -24,8 +24,9 @@ def test_ruff_and_snakefmt_pass():
         "snakefmt --check": [tool("snakefmt"), "--check", "Snakefile", "workflow"],
     }
     failures = []
-    for what, cmd in checks.items():
+    for cmd in checks.values():
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
-            failures.append(f"$ {' '.join(cmd[1:])}  (exit {done.returncode})\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            failures.append(f"$ {' '.join(cmd[1:])}  (exit {done.returncode})\n"
+                            f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
     assert not failures, "\n\n".join(failures)

@@ -389,8 +389,8 @@ def test_imagenet_captions_need_an_imagenet_head(tmp_path):
     vision_dir, llm_dir = make_tiny_parts(tmp_path / "parts")
     _, cache = write_training_inputs(tmp_path / "data", num_patches=16, dim=32)
     with pytest.raises(InputError, match="imagenet_top1"):
-        align_projector({"kind": "clip", "path": str(vision_dir)}, llm_dir, [cache], [tmp_path / "data" / "manifest.csv"],
-                        tmp_path / "out", caption_source="imagenet_top1")
+        align_projector({"kind": "clip", "path": str(vision_dir)}, llm_dir, [cache],
+                        [tmp_path / "data" / "manifest.csv"], tmp_path / "out", caption_source="imagenet_top1")
 
 
 def test_imagenet_head_on_cached_patches_equals_the_network():

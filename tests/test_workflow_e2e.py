@@ -91,7 +91,8 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
         assert row["pct_change_vs_original"] == pytest.approx(expected_change, abs=1e-6)
         checked += 1
     for _, row in table3.iterrows():
-        f1s, accs = zip(*(independent_metrics(p) for p in files(f"probes/{row['dataset']}/image_only/seed{{seed}}.csv")))
+        f1s, accs = zip(*(independent_metrics(p)
+                          for p in files(f"probes/{row['dataset']}/image_only/seed{{seed}}.csv")))
         assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
         assert row["accuracy_mean"] == pytest.approx(mean_std(accs)[0], abs=1e-9)
         checked += 1
@@ -172,7 +173,8 @@ def test_cpu_benchmarks_run_on_the_workflow_outputs(micro_run, tmp_path):
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     data = "results/data/digits"
     classify = run([sys.executable, str(bench / "bench_classify.py"), "--model", "results/models/base",
-                    "--prompts", f"{data}/prompts_seed0.jsonl", "--vision-cache", "results/features/digits/vision.safetensors",
+                    "--prompts", f"{data}/prompts_seed0.jsonl",
+                    "--vision-cache", "results/features/digits/vision.safetensors",
                     "--classes", f"{data}/classes.json", "--n-images", "4", "--batch-size", "2", "--threads", "1",
                     "--free-max-new-tokens", "4", "--out-json", str(tmp_path / "classify.json"),
                     "--markdown", str(tmp_path / "classify.md")], cwd=micro_run)

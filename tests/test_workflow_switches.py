@@ -30,7 +30,8 @@ def dry_run_commands(workdir, tmp_path, edit=None) -> dict[str, list[str]]:
     commands: dict[str, list[str]] = {}
     for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", out.stdout):
         rule = re.search(r"^(?:local)?rule (\w+):", block, flags=re.M)
-        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M) or re.search(r"^    (projection-probe .*)$", block, flags=re.M)
+        shell = (re.search(r"^Shell command: (.*)$", block, flags=re.M)
+                 or re.search(r"^    (projection-probe .*)$", block, flags=re.M))
         if rule and shell:
             commands.setdefault(rule.group(1), []).append(shell.group(1))
     return commands

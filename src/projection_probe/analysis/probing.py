@@ -89,7 +89,8 @@ def probe_both_tasks(x_tr, y_tr, ids_tr, x_te, y_te, ids_te, family, n_classes, 
     rows = []
     tasks = [("real", y_tr, y_te)]
     if controls:
-        tasks.append(("control", control_labels(ids_tr, y_tr, seed, "train"), control_labels(ids_te, y_te, seed, "test")))
+        tasks.append(("control", control_labels(ids_tr, y_tr, seed, "train"),
+                      control_labels(ids_te, y_te, seed, "test")))
     for task, ytr, yte in tasks:
         pred = _fit(family, x_tr, ytr, x_te, yte, n_classes, linear, mlp, seed, device)
         rows.append({"task": task, **score(yte, pred), "n_train": len(ytr), "n_test": len(yte)})

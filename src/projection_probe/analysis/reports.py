@@ -73,7 +73,8 @@ def _sorted(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         return frame
     ds = {d: i for i, d in enumerate(dict.fromkeys(frame["dataset"]))}
     key = frame.apply(lambda r: tuple(ds[r["dataset"]] if c == "dataset" else
-                                      setting_rank(str(r[c])) if c in ("setting", "a", "b") else r[c] for c in cols), axis=1)
+                                      setting_rank(str(r[c])) if c in ("setting", "a", "b") else r[c]
+                                      for c in cols), axis=1)
     return frame.loc[key.sort_values().index].reset_index(drop=True)
 
 

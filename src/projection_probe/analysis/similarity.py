@@ -10,9 +10,14 @@
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from projection_probe.io import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _as_matrix(name: str, x) -> np.ndarray:
@@ -28,11 +33,11 @@ def linear_cka(x, y) -> float:
         raise InputError(f"CKA needs the same images on both sides: {x.shape[0]} vs {y.shape[0]} rows")
     x = x - x.mean(0, keepdims=True)
     y = y - y.mean(0, keepdims=True)
-    k, l = x @ x.T, y @ y.T  # N×N: cheaper than D×D when the width exceeds the image count
-    denom = np.linalg.norm(k) * np.linalg.norm(l)
+    gram_x, gram_y = x @ x.T, y @ y.T  # N×N: cheaper than D×D when the width exceeds the image count
+    denom = np.linalg.norm(gram_x) * np.linalg.norm(gram_y)
     if denom == 0:
         return float("nan")  # a constant representation has no similarity structure to compare
-    return float(np.sum(k * l) / denom)
+    return float(np.sum(gram_x * gram_y) / denom)
 
 
 def knn_indices(x: np.ndarray, k: int) -> np.ndarray:

@@ -162,7 +162,8 @@ def zero_shot_probabilities(model, text_embeddings: torch.Tensor, loader: DataLo
 def clip_zero_shot_predictions(test: pd.DataFrame, classes: list[str], model_path: str | Path,
                                templates: Sequence[str] = (DEFAULT_TEMPLATE,), lowercase_labels: bool = True,
                                image_preprocessing: str = "square", batch_size: int = 32, num_workers: int = 0,
-                               device: str = "auto", dtype: str | torch.dtype = "float32") -> tuple[pd.DataFrame, np.ndarray]:
+                               device: str = "auto", dtype: str | torch.dtype = "float32",
+                               ) -> tuple[pd.DataFrame, np.ndarray]:
     """Classify the ``test`` rows (``image_path,label``) with CLIP; return the predictions table
     (mode ``clip_zero_shot``, raw = parsed = top class) and the N×C probabilities."""
     if image_preprocessing not in IMAGE_PREPROCESSING_MODES:

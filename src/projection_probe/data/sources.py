@@ -31,7 +31,8 @@ def register_source(kind: str) -> Callable[[SourceFunction], SourceFunction]:
         existing = _SOURCES.get(kind)
         if existing is not None and existing is not fn and (
                 existing.__module__, existing.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"source kind {kind!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+            raise ValueError(f"source kind {kind!r} is already registered by "
+                             f"{existing.__module__}.{existing.__qualname__}")
         _SOURCES[kind] = fn
         return fn
     return decorate

@@ -113,7 +113,8 @@ def collect_runs(entries: list[dict], f1_classes: str = "true") -> pd.DataFrame:
     rows = []
     for i, key, entry in checked:
         if not Path(entry["predictions"]).exists():
-            raise InputError(f"{entry['predictions']}: predictions file not found (run {i}, {dict(zip(ID_COLUMNS, key))})")
+            raise InputError(f"{entry['predictions']}: predictions file not found "
+                             f"(run {i}, {dict(zip(ID_COLUMNS, key))})")
         if entry["classes"] not in classes_cache:
             classes_cache[entry["classes"]] = read_classes(entry["classes"])
         metrics = metrics_from_predictions_csv(entry["predictions"], classes_cache[entry["classes"]],

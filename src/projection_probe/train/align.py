@@ -115,7 +115,8 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     if caption_source not in CAPTION_SOURCES:
         raise InputError(f"caption_source {caption_source!r} is unknown; use one of {CAPTION_SOURCES}")
     if len(vision_caches) != len(manifests) or not vision_caches:
-        raise InputError(f"give one manifest per vision cache ({len(vision_caches)} caches, {len(manifests)} manifests)")
+        raise InputError(f"give one manifest per vision cache "
+                         f"({len(vision_caches)} caches, {len(manifests)} manifests)")
     get_template(template)  # both raise InputError on an unknown name
     get_template(output_template)
     out_dir = Path(out_dir).resolve()
@@ -151,8 +152,8 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
             datasets.append(CachedFeatureDataset(kept, cache, source=str(cache_path)))
     dataset = ConcatDataset(datasets)
     if len(preprocessing) > 1:
-        raise InputError(f"vision caches were built with different image preprocessing {sorted(map(str, preprocessing))}; "
-                         "rebuild them alike")
+        raise InputError(f"vision caches were built with different image preprocessing "
+                         f"{sorted(map(str, preprocessing))}; rebuild them alike")
     image_preprocessing = preprocessing.pop()
 
     language_model, tokenizer = load_causal_lm(llm_dir)

@@ -60,7 +60,8 @@ def configure_trainable(facade, setting: str, lora_r: int = 128, lora_alpha: int
     LLM linears (the LLM is wrapped in a peft model) and the projector. The vision tower is frozen
     in every setting."""
     if setting not in SETTINGS:
-        raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS} (the original setting needs no training)")
+        raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS} "
+                         "(the original setting needs no training)")
     facade.requires_grad_(False)
     facade.projector.requires_grad_(True)
     if setting == "ft-e2e":
@@ -424,7 +425,8 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
             # the base: the authors' FT-Proj used `square`), so its evaluation and probes use it too.
             if cache.image_preprocessing:
                 spec["image_preprocessing"] = cache.image_preprocessing
-            spec["training"] = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
+            spec["training"] = {k: v for k, v in run_config.items()
+                                if k not in ("base_model", "prompts", "vision_cache")}
             spec["training"].update(lr=lr, effective_batch=effective_batch, seed=seed, epochs=epochs)
             write_json(tmp / FACADE_FILE, spec)
             write_json(tmp / "train_log.json", train_log)
