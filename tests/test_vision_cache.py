@@ -63,6 +63,22 @@ def test_rows_read_on_demand_equal_the_tensors(written):
     assert torch.equal(clone[[6, 2]], x_v[[6, 2]])
 
 
+def test_dataloader_workers_read_their_own_rows(written):
+    """A forked worker (like each rank of a multi-GPU fine-tune) opens the same file itself."""
+    from torch.utils.data import DataLoader
+
+    from projection_probe.features.cache import load_vision_cache
+    from projection_probe.train.data import CachedFeatureDataset, TrainExample
+
+    out, x_v, _, paths = written
+    cache = load_vision_cache(out)
+    cache.x_v[0]  # the parent's handle is open before the fork
+    dataset = CachedFeatureDataset([TrainExample("<image>", str(i), p, "x") for i, p in enumerate(paths)], cache)
+    loader = DataLoader(dataset, batch_size=4, num_workers=1, multiprocessing_context="fork",
+                        collate_fn=lambda f: torch.stack([e["x_v"] for e in f]))
+    assert torch.equal(torch.cat(list(loader)), x_v)
+
+
 def test_files_written_whole_by_safetensors_are_read_the_same(tmp_path):
     x_v, pooled = features(1, torch.bfloat16)
     out = tmp_path / "vision.safetensors"
