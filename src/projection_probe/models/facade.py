@@ -326,7 +326,8 @@ class MultimodalLM(nn.Module):
     @torch.inference_mode()
     def constrained_generate(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str]) -> list[str]:
         """Greedy decoding restricted by a token trie to the labels' answer-token sequences, so that
-        every output is a valid label."""
+        every output is a valid label. Unlike `score_labels` it needs no chunking: only the B rows
+        decode, and the trie masks their next-token logits, so memory does not grow with the labels."""
         sequences = {label: tuple(self.answer_token_ids(label)) for label in labels}
         trie: dict[tuple[int, ...], set[int]] = {}
         for seq in sequences.values():
