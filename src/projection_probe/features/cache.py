@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch.utils.data import DataLoader, Dataset

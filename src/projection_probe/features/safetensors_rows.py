@@ -18,8 +18,8 @@ import math
 import numbers
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -111,8 +111,8 @@ class RowReader:
         return {**self.__dict__, "_fd": None, "_pid": None}
 
     def __del__(self):
-        if self._fd is not None and self._pid == os.getpid():
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # also at interpreter exit, when `os` may be gone
+            if self._fd is not None and self._pid == os.getpid():
                 os.close(self._fd)
 
     def __getitem__(self, index) -> torch.Tensor:
