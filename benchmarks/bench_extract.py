@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from projection_probe.data.images import load_rgb
     from projection_probe.data.manifest import read_manifest
-    from projection_probe.features.cache import build_vision_cache, load_vision_cache
+    from projection_probe.features.cache import VisionCache, build_vision_cache, load_vision_cache
     from projection_probe.features.extract import extract_pooled_features
     from projection_probe.models.loaders import build_vision, load_facade, resolve_device
 
@@ -105,7 +105,8 @@ def main(argv=None) -> int:
         _, pixel_s, pixel_all = timed(from_pixels, args.pixel_repeats)
         cached_out, cached_s, cached_all = timed(from_cache, args.repeats)
         # The projector alone, cache already in memory: the floor of the cached path.
-        cache = load_vision_cache(cache_file)
+        mapped = load_vision_cache(cache_file)
+        cache = VisionCache(mapped.x_v[:], mapped.pooled[:], mapped.image_paths, mapped.image_preprocessing)
         _, project_s, project_all = timed(
             lambda: extract_pooled_features(facade, cache, paths, labels, batch_size=args.batch_size), args.repeats)
 

@@ -110,6 +110,22 @@ def test_likelihood_scores_equal_brute_force_k_passes(facade):
             assert scores[i, j].item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_chunked_label_scores_equal_unchunked(facade):
+    """Scoring (image, label) pairs in chunks bounds memory and must not change a single bit."""
+    from projection_probe.io import InputError
+
+    pixels = facade.vision.preprocess_images(random_images(2, seed=17), "pad")
+    x_v = facade.encode_images(pixels)
+    inputs = facade.build_inputs([PROMPT, PROMPT.replace("textures", "surface textures")])
+    labels = LABELS + ["striped and banded"]  # answers of different lengths: padded continuations
+    unchunked = facade.score_labels(inputs, x_v, labels)
+    assert unchunked.shape == (2, len(labels)) and torch.isfinite(unchunked).all()
+    for chunk_size in (1, 3, 2 * len(labels)):  # 3 leaves a shorter last chunk
+        assert torch.equal(facade.score_labels(inputs, x_v, labels, chunk_size=chunk_size), unchunked), chunk_size
+    with pytest.raises(InputError, match="label_chunk_size"):
+        facade.score_labels(inputs, x_v, labels, chunk_size=0)
+
+
 def test_constrained_outputs_are_always_labels(facade):
     pixels = facade.vision.preprocess_images(random_images(4, seed=11), "pad")
     x_v = facade.encode_images(pixels)

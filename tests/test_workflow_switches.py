@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from projection_probe.testing.micro import MICRO_CONFIG, make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,7 @@ def test_defaults_have_no_variant_cache_and_no_switch_flags(workdir, tmp_path):
     joined = "\n".join(c for cs in commands.values() for c in cs)
     assert "--parser" not in joined and "--label-set" not in joined and "--last-epoch" not in joined
     assert "--several-classes" not in joined
+    assert "--label-chunk-size" not in joined  # unset: the CLI's default
     assert all("vision.safetensors" in c for c in commands["classify"])
     # the micro config sets max_new_tokens: only generation reads it
     for c in commands["classify"]:
@@ -80,3 +81,14 @@ def test_parser_label_set_and_last_epoch_switches(workdir, tmp_path):
     assert all("--label-set test" in c for c in commands["encoder_zero_shot"])
     assert all("--last-epoch" in c for c in commands["train_probe_post"])
     assert not any("--last-epoch" in c for c in commands["train_probe_image_only"])
+
+
+def test_label_chunk_size_reaches_classify_lines_not_params(workdir, tmp_path):
+    """A memory knob: on the command line of every classify job, and absent from the rule's params
+    (which would rerun finished jobs when it changes)."""
+    def edit(config):
+        config["classify"]["label_chunk_size"] = 5
+
+    commands = dry_run_commands(workdir, tmp_path, edit)
+    assert commands["classify"] and all("--label-chunk-size 5 " in c for c in commands["classify"])
+    assert "label_chunk" not in (REPO_ROOT / "workflow" / "rules" / "classify.smk").read_text().split("shell:")[0]

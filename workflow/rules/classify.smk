@@ -38,5 +38,5 @@ rule classify:
         " --vision-cache {input.cache} --classes {input.classes} --mode {wildcards.mode}"
         " --batch-size {params.batch_size} {params.max_new_tokens}"
         " --temperature {params.temperature} --seed {wildcards.seed} --device {params.device}"
-        " --dtype {params.dtype} {params.remote_code} {params.parser} {params.several_classes}"
+        " --dtype {params.dtype} {params.remote_code} {params.parser} {params.several_classes} {LABEL_CHUNK_OPTION}"
         " --threads {threads} --out {output} > {log} 2>&1"

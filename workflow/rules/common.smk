@@ -24,6 +24,10 @@ MODES = list(config["classify"]["modes"])
 PRIMARY_MODE = MODES[0]
 THREADS = config.get("resources", {}).get("threads", 1)
 MODEL = config["model"]
+# A memory knob, so it reaches `classify` through its shell line, not `params`: changing it must not
+# rerun jobs (Snakemake's code trigger compares the unformatted line). Unset: the CLI's default.
+LABEL_CHUNK_OPTION = (f"--label-chunk-size {config['classify']['label_chunk_size']}"
+                      if "label_chunk_size" in config["classify"] else "")
 
 
 def _fail(message):

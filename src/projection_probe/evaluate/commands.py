@@ -24,10 +24,12 @@ def run_classify(args) -> None:
                          trust_remote_code=args.trust_remote_code).eval()
     _, classes = read_classes_file(args.classes)
     records = test_records(args.prompts)
+    # Unset: classify_records' own default (LABEL_CHUNK_SIZE), so that the default lives in one place.
+    chunking = {} if args.label_chunk_size is None else {"label_chunk_size": args.label_chunk_size}
     frame = classify_records(facade, records, load_vision_cache(args.vision_cache), classes, mode=args.mode,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                              stop_at_newline=args.stop_at_newline, temperature=args.temperature, seed=args.seed,
-                             parser=args.parser, several_classes=args.several_classes)
+                             parser=args.parser, several_classes=args.several_classes, **chunking)
     write_csv(args.out, frame)
 
 
@@ -50,6 +52,9 @@ def register(subparsers) -> None:
     p.add_argument("--several-classes", choices=SEVERAL_CLASSES, default="invalid",
                    help="substring parser: an answer that names several classes is invalid (default), or reads "
                         "as the class named first")
+    p.add_argument("--label-chunk-size", type=int, default=None,
+                   help="likelihood mode: (image, class) continuations per forward pass; bounds memory, never "
+                        "changes scores (default: LABEL_CHUNK_SIZE in evaluate/classify.py)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -3,11 +3,16 @@
 The vision tower is frozen in every setting, so X_v depends only on the dataset, the encoder and the
 preprocessing. It is computed once and reused by alignment, every fine-tune, classification and the
 pooled pre/post-projection features of every setting and seed.
+
+At the paper's scale it is larger than a job's memory (DermNet: about 19.5k images × 576 × 1024 in
+fp16, 23 GB), so it is written as it is computed and read by rows (`safetensors_rows`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,15 +21,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from projection_probe.data.images import load_rgb, worker_errors_as_input_errors
-from projection_probe.io import InputError, load_safetensors, save_safetensors
+from projection_probe.features.safetensors_rows import RowReader, open_rows, write_rows
+from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class VisionCache:
-    x_v: torch.Tensor  # N_img×N_patch×D_v
-    pooled: torch.Tensor  # N_img×D_v: the encoder's own pooled vector
+    """X_v and the pooled vectors of a dataset, indexed by image path. Read from a file, both are
+    `RowReader`s: indexing reads only the rows asked for, so no reader holds the whole cache."""
+    x_v: RowReader | torch.Tensor  # N_img×N_patch×D_v
+    pooled: RowReader | torch.Tensor  # N_img×D_v: the encoder's own pooled vector
     image_paths: list[str]
     image_preprocessing: str | None = None  # from the file's metadata; None for caches that lack it
 
@@ -43,15 +51,20 @@ class VisionCache:
 
 
 def load_vision_cache(path: str | Path) -> VisionCache:
-    from safetensors import safe_open
-
-    tensors = load_safetensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "x_v" not in tensors or "image_paths" not in meta:
-        raise InputError(f"{path}: not a vision-feature cache (needs tensor x_v and metadata image_paths)")
-    return VisionCache(tensors["x_v"], tensors["pooled"], json.loads(meta["image_paths"]),
-                       meta.get("image_preprocessing"))
+    """Open a cache without reading its tensors: the header is checked against the file's size
+    (a truncated or half-written file is refused, naming it) and rows are read on demand."""
+    readers, meta = open_rows(path)
+    if "x_v" not in readers or "pooled" not in readers or "image_paths" not in meta:
+        raise InputError(f"{path}: not a vision-feature cache (needs tensors x_v and pooled and metadata image_paths)")
+    try:
+        image_paths = json.loads(meta["image_paths"])
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: metadata image_paths is not valid JSON ({e})") from e
+    x_v, pooled = readers["x_v"], readers["pooled"]
+    if not len(image_paths) == len(x_v) == len(pooled):
+        raise InputError(f"{path}: {len(image_paths)} image paths but {len(x_v)} rows of x_v "
+                         f"and {len(pooled)} of pooled")
+    return VisionCache(x_v, pooled, image_paths, meta.get("image_preprocessing"))
 
 
 class _ImageDataset(Dataset):
@@ -65,20 +78,37 @@ class _ImageDataset(Dataset):
         return self.vision.preprocess_images([load_rgb(self.paths[i], self.exif_transpose)], self.mode)[0]
 
 
+def write_vision_cache(out_path: str | Path, image_paths: list[str],
+                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]], image_preprocessing: str,
+                       dtype: torch.dtype = torch.float16) -> None:
+    """Write the (X_v, pooled) `batches` of `image_paths`, in order, to `out_path` as they come: the
+    header is written once the first batch gives the shapes, and memory holds one batch at a time.
+    The file appears at `out_path` only when every image's row has been written."""
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise InputError(f"{out_path}: no images to encode; the manifest has no rows")
+    n = len(image_paths)
+    x_v, pooled = first
+    layout = {"x_v": (dtype, [n, *x_v.shape[1:]]), "pooled": (dtype, [n, *pooled.shape[1:]])}
+    metadata = {"image_paths": json.dumps(image_paths), "image_preprocessing": image_preprocessing}
+    with write_rows(out_path, layout, metadata) as writer:
+        for x_v, pooled in itertools.chain([first], batches):
+            writer.append({"x_v": x_v.to("cpu", dtype), "pooled": pooled.to("cpu", dtype)})
+
+
 def build_vision_cache(vision, image_paths: list[str], out_path: str | Path, image_preprocessing: str,
                        batch_size: int = 32, num_workers: int = 0, dtype: torch.dtype = torch.float16,
                        device: str = "cpu", exif_transpose: bool = False) -> None:
-    """Encode every image once and save X_v and the pooled vector. Image decoding runs in
-    DataLoader workers so that the vision tower is not starved on a GPU."""
+    """Encode every image once and save X_v and the pooled vector, batch by batch. Image decoding
+    runs in DataLoader workers so that the vision tower is not starved on a GPU."""
     loader = DataLoader(_ImageDataset(image_paths, vision, image_preprocessing, exif_transpose),
                         batch_size=batch_size, num_workers=num_workers, shuffle=False)
-    x_chunks, pooled_chunks = [], []
     vision = vision.to(device).eval()
-    with torch.inference_mode(), worker_errors_as_input_errors():
-        for pixels in tqdm(loader, desc="vision features", unit="batch"):
-            pixels = pixels.to(device)
-            x_v, pooled = vision.encode_with_pooled(pixels)
-            x_chunks.append(x_v.to("cpu", dtype))
-            pooled_chunks.append(pooled.to("cpu", dtype))
-    save_safetensors(out_path, {"x_v": torch.cat(x_chunks), "pooled": torch.cat(pooled_chunks)},
-                     metadata={"image_paths": json.dumps(image_paths), "image_preprocessing": image_preprocessing})
+
+    def encoded():
+        with torch.inference_mode(), worker_errors_as_input_errors():
+            for pixels in tqdm(loader, desc="vision features", unit="batch"):
+                yield vision.encode_with_pooled(pixels.to(device))
+
+    write_vision_cache(out_path, image_paths, encoded(), image_preprocessing, dtype)

@@ -7,6 +7,7 @@ same code as LLaVA-1.5-7B.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,15 @@ def answer_line_ended(text: str) -> bool:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding must not shift positions: each row counts from its first real token.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_rows(past, rows: torch.Tensor):
+    """A KV cache holding the batch rows `rows` of `past` (repeats allowed), leaving `past` as it is:
+    each label chunk extends its own copy."""
+    chunk = copy.copy(past)
+    chunk.layers = [copy.copy(layer) for layer in past.layers]
+    chunk.batch_select_indices(rows)  # rebinds each layer's keys and values to new tensors
+    return chunk
 
 
 class MultimodalLM(nn.Module):
@@ -303,12 +313,18 @@ class MultimodalLM(nn.Module):
         return generated
 
     @torch.inference_mode()
-    def score_labels(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str]) -> torch.Tensor:
+    def score_labels(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str],
+                     chunk_size: int | None = None) -> torch.Tensor:
         """B×K summed log-probabilities of each label's answer tokens (EOS included) after the prompt.
 
-        One prefill per image; its KV cache is repeated K times and all K continuations run in a
-        single batched forward pass, instead of K full passes over the prompt.
+        One prefill per image; the K label continuations then run on copies of its KV cache, batched
+        as (image, label) pairs, at most `chunk_size` pairs per forward pass (None: all B·K at once).
+        Memory grows with the chunk, not with K: all 47 of DTD's labels × a batch of 32 at once
+        would copy a 7B model's ~950-token KV cache 1,504 times. The scores do not depend on it.
         """
+        if chunk_size is not None and chunk_size < 1:
+            raise InputError(f"the label chunk size (classify.label_chunk_size, --label-chunk-size) must be a "
+                             f"positive integer, got {chunk_size}")
         candidates = [self.answer_token_ids(label) for label in labels]
         k, width = len(candidates), max(len(c) for c in candidates)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -322,25 +338,32 @@ class MultimodalLM(nn.Module):
         first = F.log_softmax(last_logits, -1)[:, cont[:, 0].to(last_logits.device)]  # B×K
         scores = first.cpu()
         if width > 1:
-            past.batch_repeat_interleave(k)
-            prefix_mask = moved.attention_mask.repeat_interleave(k, dim=0)
-            step_ids = cont[:, :-1].repeat(batch, 1).to(self.device)  # (B·K)×(W−1), row b·K+j = label j
-            step_mask = cont_mask[:, :-1].repeat(batch, 1).to(self.device)
-            start = position_ids_from_mask(moved.attention_mask)[:, -1:].repeat_interleave(k, dim=0) + 1
-            positions = start + torch.arange(width - 1, device=self.device)
-            out = self.language_model(input_ids=step_ids, attention_mask=torch.cat([prefix_mask, step_mask], 1),
-                                      position_ids=positions, past_key_values=past, use_cache=True)
-            logp = F.log_softmax(out.logits.float(), -1)  # (B·K)×(W−1)×V
-            targets = cont[:, 1:].repeat(batch, 1).to(self.device)
-            token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            token_logp = token_logp * cont_mask[:, 1:].repeat(batch, 1).to(self.device)
-            scores = scores + token_logp.sum(-1).view(batch, k).cpu()
+            pairs = batch * k  # pair p = (image p // K, label p % K)
+            chunk_size = pairs if chunk_size is None else chunk_size
+            next_position = position_ids_from_mask(moved.attention_mask)[:, -1:] + 1
+            rest = torch.empty(pairs)
+            for start in range(0, pairs, chunk_size):
+                pair = torch.arange(start, min(start + chunk_size, pairs))
+                image, label = pair // k, pair % k
+                on_device = image.to(self.device)
+                step_ids = cont[label, :-1].to(self.device)  # P×(W−1)
+                step_mask = cont_mask[label, :-1].to(self.device)
+                positions = next_position[on_device] + torch.arange(width - 1, device=self.device)
+                out = self.language_model(
+                    input_ids=step_ids, attention_mask=torch.cat([moved.attention_mask[on_device], step_mask], 1),
+                    position_ids=positions, past_key_values=_cache_rows(past, on_device), use_cache=True)
+                logp = F.log_softmax(out.logits.float(), -1)  # P×(W−1)×V
+                token_logp = logp.gather(-1, cont[label, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
+                rest[start:start + len(pair)] = (token_logp * cont_mask[label, 1:].to(self.device)).sum(-1).cpu()
+                del out, logp
+            scores = scores + rest.view(batch, k)
         return scores
 
     @torch.inference_mode()
     def constrained_generate(self, inputs: ModelInputs, x_v: torch.Tensor, labels: list[str]) -> list[str]:
         """Greedy decoding restricted by a token trie to the labels' answer-token sequences, so that
-        every output is a valid label."""
+        every output is a valid label. Unlike `score_labels` it needs no chunking: only the B rows
+        decode, and the trie masks their next-token logits, so memory does not grow with the labels."""
         sequences = {label: tuple(self.answer_token_ids(label)) for label in labels}
         trie: dict[tuple[int, ...], set[int]] = {}
         for seq in sequences.values():

@@ -75,13 +75,6 @@ def imagenet_top1_captions(encoder, x_v: torch.Tensor, batch_size: int = 512) ->
     return [CAPTION_FORMAT.format(name=names[int(i)]) for i in top1]
 
 
-def _cache_preprocessing(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("image_preprocessing")
-
-
 def _relative_paths(spec: dict, out_dir: Path) -> dict:
     return {k: (os.path.relpath(Path(v).resolve(), out_dir) if k == "path" and isinstance(v, str) else v)
             for k, v in spec.items()}
@@ -131,7 +124,7 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
         if tuple(cache.x_v.shape[1:]) != (vision.num_patches, vision.hidden_size):
             raise InputError(f"{cache_path}: X_v is {tuple(cache.x_v.shape[1:])} per image but the vision spec gives "
                              f"{(vision.num_patches, vision.hidden_size)}; the cache was built with another encoder")
-        preprocessing.add(_cache_preprocessing(Path(cache_path)))
+        preprocessing.add(cache.image_preprocessing)
         paths = [r.image_path for r in read_manifest(manifest) if r.split == "train"]
         if not paths:
             raise InputError(f"{manifest}: no train rows")
