@@ -186,7 +186,8 @@ def phase_score(a: dict) -> dict:
     classes = a["classes"]
     prompts = [format_human_turn("textures", classes[i:] + classes[:i]) for i in range(a["score_batch"])]
     inputs = facade.build_inputs(prompts)
-    x_v = torch.randn(a["score_batch"], a["vision_tokens"], a["vision_width"], generator=torch.Generator().manual_seed(1))
+    x_v = torch.randn(a["score_batch"], a["vision_tokens"], a["vision_width"],
+                      generator=torch.Generator().manual_seed(1))
     loaded = rss_bytes()
     chunk_size = None if a["phase"] == "score_unchunked" else LABEL_CHUNK_SIZE
     start = time.perf_counter()
@@ -330,7 +331,8 @@ def main(argv=None) -> int:
         if identical is not None:
             notes.append(f"score phases: {args.score_batch} images × {len(score_args['classes'])} classes, prompt "
                          f"{reports['score_chunked']['prompt_tokens']} tokens; RSS after loading the model "
-                         f"{gb(reports['score_chunked']['rss_after_load_bytes']):.3f} GB; scores identical: {identical}")
+                         f"{gb(reports['score_chunked']['rss_after_load_bytes']):.3f} GB; "
+                         f"scores identical: {identical}")
         write_markdown(args.markdown, "Memory at scale", info,
                        markdown_table(["phase", "peak RSS (GB)", "seconds"], rows), notes)
     return 0 if summary["cache_peak_under_limit"] and identical is not False else 1

@@ -82,7 +82,8 @@ def test_dataloader_workers_read_their_own_rows(written):
 def test_files_written_whole_by_safetensors_are_read_the_same(tmp_path):
     x_v, pooled = features(1, torch.bfloat16)
     out = tmp_path / "vision.safetensors"
-    save_file({"x_v": x_v, "pooled": pooled}, str(out), metadata={"image_paths": json.dumps([str(i) for i in range(N)])})
+    save_file({"x_v": x_v, "pooled": pooled}, str(out),
+              metadata={"image_paths": json.dumps([str(i) for i in range(N)])})
     cache = load_vision_cache(out)
     assert cache.x_v.dtype == torch.bfloat16 and cache.image_preprocessing is None
     assert torch.equal(cache.x_v[[3, 4, 1]], x_v[[3, 4, 1]]) and torch.equal(cache.pooled[:], pooled)

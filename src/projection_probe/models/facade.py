@@ -27,7 +27,7 @@ class ModelInputs:
     image_mask: torch.Tensor  # B×T bool, exactly `num_image_tokens` True per row
     labels: torch.Tensor | None = None  # B×T, IGNORE_INDEX except on answer tokens
 
-    def to(self, device) -> "ModelInputs":
+    def to(self, device) -> ModelInputs:
         return ModelInputs(*(None if t is None else t.to(device) for t in
                              (self.input_ids, self.attention_mask, self.image_mask, self.labels)))
 
@@ -393,7 +393,7 @@ class MultimodalLM(nn.Module):
         batch = logits.shape[0]
         generated: list[list[int]] = [[] for _ in range(batch)]
         result: list[str | None] = [None] * batch
-        for step in range(max_steps):
+        for _ in range(max_steps):
             next_ids = allowed_fn(logits, [g if result[r] is None else None for r, g in enumerate(generated)]
                                   ).argmax(-1).cpu()
             for row in range(batch):
