@@ -52,8 +52,8 @@ ASSUMPTIONS = [
     f"Tokens per example: the image tokens plus the prompt's characters / {CHARS_PER_TOKEN} "
     f"({PROMPT_OVERHEAD_CHARS} characters of template and instruction plus the class list).",
     "Inference (classify): weights in model.dtype plus a KV cache of batch x (prompt + max_new_tokens) "
-    "tokens (`auto`: the longest class's characters / 3.5 + 5); `likelihood` scores every label of a "
-    "batch at once (one KV cache per label).",
+    "tokens (`auto`: the longest class's characters / 3.5 + 5); `likelihood` adds one copy of an image's "
+    "prompt cache per (image, class) pair of a chunk (`classify.label_chunk_size`).",
     f"Every device adds {OVERHEAD_BYTES / GB:.0f} GB for the CUDA context, workspaces and allocator slack.",
     "Disk: the vision cache holds X_v and the pooled vector in float16; a checkpoint holds the trainable "
     "parameters in their dtype and the optimizer state (FSDP: every parameter), and while the next one "
@@ -291,6 +291,8 @@ def fine_tune_gpu_bytes(setting: SettingPlan, text: dict, tokens: int) -> float:
 def build_plan(config: dict, results: str | Path = "results", config_dir: str | Path = ".") -> Plan:
     import torch
 
+    from projection_probe.evaluate.classify import LABEL_CHUNK_SIZE
+
     results, config_dir = Path(results), Path(config_dir)
     llava_json, model_source = llava_config(config)
     infer_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
@@ -367,7 +369,10 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
         for mode in modes:
             kv = batch * (tokens + new_tokens) * kv_per_token
             if mode == "likelihood":
-                kv *= n_classes
+                # One prefill per image, then `label_chunk_size` (image, class) continuations at a time,
+                # each on its own copy of its image's prompt cache.
+                chunk = min(classify.get("label_chunk_size", LABEL_CHUNK_SIZE), batch * n_classes)
+                kv = (batch * tokens + chunk * (tokens + new_tokens)) * kv_per_token
             jobs.append(Job("classify", f"{every_setting}, {mode}", name, runs, 1,
                             all_params * infer_bytes + kv + OVERHEAD_BYTES, 0))
         features = images * (2 * width + text["hidden_size"]) * 4
