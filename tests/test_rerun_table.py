@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from projection_probe.testing.micro import make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import snakemake_command
 from test_config_kinds import schema_keys
 
 pytestmark = pytest.mark.slow
@@ -165,9 +165,10 @@ ROWS = [
 ]
 
 
-def dry_run(workdir: Path, name: str, overlay: dict) -> tuple[str, list[tuple[str, dict]]]:
-    """The dry run's output and the (rule, wildcards) of every job it plans."""
-    path = workdir / f"overlay_{name}.yaml"
+def dry_run(workdir: Path, overlays: Path, name: str, overlay: dict) -> tuple[str, list[tuple[str, dict]]]:
+    """The dry run's output and the (rule, wildcards) of every job it plans. The shared micro run is
+    read only: the overlay lives elsewhere, and a dry run without a lock writes nothing."""
+    path = overlays / f"{name}.yaml"
     path.write_text(yaml.safe_dump(overlay, sort_keys=False))
     cmd = snakemake_command(workdir, "-n", "--nolock")
     at = cmd.index("--configfile") + 2
@@ -188,22 +189,15 @@ def dry_run(workdir: Path, name: str, overlay: dict) -> tuple[str, list[tuple[st
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    workdir = make_micro_workdir(tmp_path_factory.mktemp("rerun_table"))
-    done = subprocess.run(snakemake_command(workdir), capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def table(micro_run):
+def table(micro_run, tmp_path_factory):
     """Every dry run of the table, two at a time (each is mostly one process's start-up)."""
+    overlays = tmp_path_factory.mktemp("overlays")
     runs = {"OPERATIONAL": OPERATIONAL_OVERLAY, "UNUSED": UNUSED_OVERLAY,
             **{row.key: row.overlay for row in ROWS}}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(runs, pool.map(lambda item: dry_run(micro_run, re.sub(r"\W", "_", item[0]), item[1]),
-                                          runs.items())))
-    return results
+        results = pool.map(lambda item: dry_run(micro_run, overlays, re.sub(r"\W", "_", item[0]), item[1]),
+                           runs.items())
+        return dict(zip(runs, results))
 
 
 def test_the_table_covers_every_schema_key():
@@ -216,8 +210,8 @@ def test_the_table_covers_every_schema_key():
     assert set(NOTHING_KEYS["OPERATIONAL"]) == operational
 
 
-def test_an_unchanged_config_does_nothing(micro_run):
-    text, jobs = dry_run(micro_run, "unchanged", {})
+def test_an_unchanged_config_does_nothing(micro_run, tmp_path):
+    text, jobs = dry_run(micro_run, tmp_path, "unchanged", {})
     assert "Nothing to be done" in text and not jobs, text[-3000:]
 
 
