@@ -236,6 +236,8 @@ def register(subparsers) -> None:
     p.add_argument("--setting", required=True)
     p.add_argument("--seed", type=int, required=True, help="probe seed and control-label seed")
     p.add_argument("--classes", required=True)
+    p.add_argument("--device", default="cpu")
+    add_threads_option(p)
     p.add_argument("--layers-train")
     p.add_argument("--layers-test")
     p.add_argument("--features-train", help="features-stage train.safetensors (pre, post): matched probes")
@@ -249,8 +251,6 @@ def register(subparsers) -> None:
     p.add_argument("--matched-mlp", action=argparse.BooleanOptionalAction, default=True,
                    help="an MLP probe on pre/post besides the linear one (needs --mlp)")
     p.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--device", default="cpu")
-    add_threads_option(p)
     p.add_argument("--out", required=True, help="probes.csv")
     p.set_defaults(handler=run_probe)
 
