@@ -51,7 +51,8 @@ def schema_keys(schema: dict | None = None) -> dict[str, str | None]:
         for name, child in node.get("properties", {}).items():
             child = resolve(child)
             path = f"{prefix}{name}"
-            if "x-kind" in child or not (child.get("properties") or isinstance(child.get("additionalProperties"), dict)):
+            section = child.get("properties") or isinstance(child.get("additionalProperties"), dict)
+            if "x-kind" in child or not section:
                 found[path] = child.get("x-kind")
                 # A leaf may still list keys (a dataset's `source.kind`): those need kinds too.
                 if child.get("properties"):

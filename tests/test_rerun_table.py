@@ -19,15 +19,15 @@ import contextlib
 import io
 import multiprocessing
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
+from test_config_kinds import schema_keys
 
 from projection_probe.testing.micro import snakemake_command
-from test_config_kinds import schema_keys
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +109,9 @@ ROWS = [
     Row("data.on_bad_image", {"data": {"on_bad_image": "skip"}}, DATASET | {"align_projector"}),
     Row("data.allow_train_only_classes", {"data": {"allow_train_only_classes": False}},
         DATASET | {"align_projector"}),
+    Row("data.cross_split_duplicates", {"data": {"cross_split_duplicates": "drop_from_train"}},
+        DATASET | {"align_projector"}),
+    Row("data.exif_transpose", {"data": {"exif_transpose": True}}, VISION),
     # The prompts feed training and classification, not the features of the base model.
     Row("data.prompt_output_cue", {"data": {"prompt_output_cue": True}}, {"build_prompts"} | TRAINED),
     Row("model.loader", {"model": {"loader": "llava_hf", "llava_hf": "/nowhere/llava"}},
@@ -150,7 +153,7 @@ ROWS = [
                    "model_dtype": "bfloat16"}.items()],
     Row("classify.modes", {"classify": {"modes": ["generate", "constrained"]}}, REPORT),
     *[Row(f"classify.{k}", {"classify": {k: v}}, {"classify"} | REPORT, {"mode": "generate"})
-      for k, v in {"max_new_tokens": 4, "temperature": 0.2, "parser": "exact"}.items()],
+      for k, v in {"max_new_tokens": 4, "temperature": 0.2, "parser": "exact", "several_classes": "first"}.items()],
     *[Row(f"probes.{kind}.{k}", probe(kind, **{k: v[kind] if isinstance(v, dict) else v}),
           {f"train_probe_{kind}"} | REPORT)
       for kind in ("post", "image_only") for k, v in PROBE_CHANGES.items()],

@@ -268,10 +268,11 @@ def generation_args(mode):
     change. `exact` reads the whole answer as the authors did, so it does not stop at a newline."""
     if mode != "generate":
         return ""
-    args = [f"--temperature {config_value('classify.temperature', 0.0)}"]
+    args = []
     # `auto`: the CLI derives the bound from the dataset's tokenized classes.
     if classify_max_new_tokens() != "auto":
         args.append(f"--max-new-tokens {classify_max_new_tokens()}")
+    args.append(f"--temperature {config_value('classify.temperature', 0.0)}")
     if config_value("classify.parser", "substring") == "exact":
         args.append("--parser exact --no-stop-at-newline")
     if config_value("classify.several_classes", "invalid") == "first":

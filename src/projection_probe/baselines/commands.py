@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.set_defaults(handler=run_random_baseline)
 
-    p = subparsers.add_parser("encoder-zero-shot", help="the vision encoder's own (CLIP) zero-shot predictions for the test split")
+    p = subparsers.add_parser("encoder-zero-shot",
+                              help="the vision encoder's own (CLIP) zero-shot predictions for the test split")
     p.add_argument("--manifest", required=True, help="manifest.csv (image_path,label,split)")
     p.add_argument("--classes", required=True, help='classes.json ({"task", "classes"})')
     p.add_argument("--model", required=True, help="local folder of a saved CLIPModel and its tokenizer")

@@ -107,7 +107,6 @@ def load_features(path: str | Path, feature: str, n_classes: int):
 
 def run_train_probe(args) -> int:
     import pandas as pd
-    import torch
 
     from projection_probe.evaluate.metrics import classification_metrics
     from projection_probe.io import write_csv, write_json

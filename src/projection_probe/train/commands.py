@@ -38,7 +38,8 @@ def run_align(args) -> None:
     from projection_probe.train.align import align_projector
 
     set_threads(args.threads)
-    align_projector(parse_json_arg("--vision-json", args.vision_json), args.llm_dir, args.vision_caches, args.manifests, args.out_dir, lr=args.lr,
+    align_projector(parse_json_arg("--vision-json", args.vision_json), args.llm_dir, args.vision_caches,
+                    args.manifests, args.out_dir, lr=args.lr,
                     epochs=args.epochs, effective_batch=args.effective_batch, per_device_batch=args.per_device_batch,
                     max_examples=_optional_positive(args.max_examples), seed=args.seed, template=args.template,
                     output_template=args.output_template, caption_source=args.caption_source,
