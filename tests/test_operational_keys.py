@@ -51,7 +51,6 @@ def tiny_setup(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- classify.batch_size
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["generate", "constrained", "likelihood"])
 def test_classify_batch_size_leaves_predictions_equal(tiny_setup, mode):
     """Greedy answers (temperature 0, the default); sampled ones depend on the batching, so with
@@ -106,7 +105,6 @@ def test_vision_feature_batch_size_leaves_features_equal(images_and_vision):
                         vision_cache_with(images_and_vision, "b16", batch_size=16), atol=1e-3)
 
 
-@pytest.mark.slow
 def test_vision_feature_workers_leave_features_equal(images_and_vision):
     assert_same_tensors(vision_cache_with(images_and_vision, "w0", batch_size=4, num_workers=0),
                         vision_cache_with(images_and_vision, "w2", batch_size=4, num_workers=2), atol=0)
