@@ -130,3 +130,15 @@ def test_a_batch_layout_that_would_change_the_effective_batch_is_refused_naming_
     assert result.returncode != 0, output[-3000:]
     assert says in output, output[-3000:]
     assert "Job stats" not in output, output[-3000:]
+
+
+def test_the_cli_logs_its_whole_command_line(tmp_path, caplog):
+    """Operational values reach no param, so each job's log is where they are recorded."""
+    import logging
+
+    from projection_probe.cli import main
+
+    missing = tmp_path / "all_runs.csv"
+    with caplog.at_level(logging.INFO, logger="projection_probe.cli"):
+        main(["make-figure", "--all-runs", str(missing), "--out-png", "a b.png", "--out-pdf", "x.pdf"])
+    assert f"projection-probe make-figure --all-runs {missing} --out-png 'a b.png' --out-pdf x.pdf" in caplog.text
