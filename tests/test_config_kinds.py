@@ -19,6 +19,7 @@ KINDS = {"result", "operational", "reference"}
 # The test that shows each operational key leaves the outputs equal ("file::function").
 OPERATIONAL_EVIDENCE = {
     "classify.batch_size": ["tests/test_operational_keys.py::test_classify_batch_size_leaves_predictions_equal"],
+    "classify.label_chunk_size": ["tests/test_facade.py::test_chunked_label_scores_equal_unchunked"],
     "features.batch_size": ["tests/test_operational_keys.py::test_vision_feature_batch_size_leaves_features_equal"],
     "features.num_workers": ["tests/test_operational_keys.py::test_vision_feature_workers_leave_features_equal",
                              "tests/test_operational_keys.py::test_data_loader_workers_leave_trained_weights_equal"],

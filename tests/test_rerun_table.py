@@ -62,7 +62,7 @@ def zero_shot(**keys):
 
 # The rows that must rerun nothing, all at once (see the module docstring).
 OPERATIONAL_OVERLAY = {
-    "classify": {"batch_size": 3}, "features": {"batch_size": 5, "num_workers": 2},
+    "classify": {"batch_size": 3, "label_chunk_size": 2}, "features": {"batch_size": 5, "num_workers": 2},
     "finetune": {"checkpoint_every_steps": 40}, "resources": {"threads": 2, "align_threads": 2},
     "baselines": {"encoder_zero_shot": {"batch_size": 7}}, "analyses": {"layerwise": {"batch_size": 2}},
 }
@@ -77,7 +77,7 @@ UNUSED_OVERLAY = {
                  "permutations": 20, "confidence": 0.9},
 }
 NOTHING_KEYS = {
-    "OPERATIONAL": ["classify.batch_size", "features.batch_size", "features.num_workers",
+    "OPERATIONAL": ["classify.batch_size", "classify.label_chunk_size", "features.batch_size", "features.num_workers",
                     "finetune.checkpoint_every_steps", "resources.threads", "resources.align_threads",
                     "baselines.encoder_zero_shot.batch_size", "analyses.layerwise.batch_size"],
     # The micro datasets have no `source.root`, so no download rule; the parts loader reads neither
