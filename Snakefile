@@ -28,18 +28,6 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/analysis.smk"
 
 
-# Cheap rules run where Snakemake runs (the login node on a cluster), never as cluster jobs.
-localrules:
-    all,
-    study,
-    prepare_dataset,
-    build_prompts,
-    random_baseline,
-    aggregate,
-    make_tables,
-    make_figure,
-
-
 # The paper's outputs: Tables 1-3 and the figure.
 STUDY_TARGETS = [
     *expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[1, 2, 3], ext=["csv", "md", "tex"]),
@@ -48,7 +36,10 @@ STUDY_TARGETS = [
 ]
 
 
+# Cheap rules (these two, data preparation, prompts, report, downloads) say `localrule: True`: they
+# run where Snakemake runs (the login node on a cluster), never as cluster jobs.
 rule all:
+    localrule: True
     input:
         STUDY_TARGETS,
         # Beyond the paper (docs/analysis.md): empty unless `analyses.enabled` is true.
@@ -57,5 +48,6 @@ rule all:
 
 # The paper's outputs only (Tables 1-3 and the figure), without the optional analyses.
 rule study:
+    localrule: True
     input:
         STUDY_TARGETS,

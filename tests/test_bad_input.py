@@ -525,8 +525,8 @@ def test_free_text_config_values_reach_the_cli_as_single_words(hostile_dry_run):
     assert json.loads(prepare[0][prepare[0].index("--classes-json") + 1]) == digits["classes"]
     assert json.loads(argument(commands, "extract-vision-features", "--vision-json"))["path"] == \
         config["model"]["vision"]["path"]
-    assert argument(commands, "clip-zero-shot", "--model") == config["baselines"]["encoder_zero_shot"]["model"]
-    assert argument(commands, "clip-zero-shot", "--template") == \
+    assert argument(commands, "encoder-zero-shot", "--model") == config["baselines"]["encoder_zero_shot"]["model"]
+    assert argument(commands, "encoder-zero-shot", "--template") == \
         config["baselines"]["encoder_zero_shot"]["templates"][0]
     assert argument(commands, "make-tables", "--encoder-name") == HOSTILE
     assert argument(commands, "make-tables", "--mllm-name") == HOSTILE

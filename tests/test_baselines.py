@@ -121,7 +121,7 @@ def test_clip_zero_shot_cli_end_to_end(dataset, clip_dir, tmp_path, text_feature
     calls = text_feature_calls
     manifest, classes = dataset
     out = tmp_path / "preds" / "clip.csv"
-    assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes),
+    assert main(["encoder-zero-shot", "--manifest", str(manifest), "--classes", str(classes),
                  "--model", str(clip_dir), "--batch-size", "3", "--num-workers", "1",
                  "--device", "cpu", "--out", str(out)]) == 0
     assert calls == [len(CLASSES)]  # one call, each label once, for 3 image batches
@@ -134,7 +134,7 @@ def test_clip_zero_shot_cli_end_to_end(dataset, clip_dir, tmp_path, text_feature
 
     calls.clear()
     out2 = tmp_path / "clip2.csv"
-    assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes),
+    assert main(["encoder-zero-shot", "--manifest", str(manifest), "--classes", str(classes),
                  "--model", str(clip_dir), "--template", "a photo of {}.", "--template", "an image of {}.",
                  "--no-lowercase-labels", "--image-preprocessing", "pad", "--device", "cpu",
                  "--out", str(out2)]) == 0
@@ -202,7 +202,7 @@ def test_image_settings_from_preprocessor_config(clip_dir, tmp_path):
 
 def test_bad_template_and_missing_model(dataset, clip_dir, tmp_path, capsys):
     manifest, classes = dataset
-    base = ["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--device", "cpu",
+    base = ["encoder-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--device", "cpu",
             "--out", str(tmp_path / "x.csv")]
     assert main(base + ["--model", str(clip_dir), "--template", "a photo"]) == 2
     assert "exactly one '{}'" in capsys.readouterr().err
@@ -224,7 +224,7 @@ def test_label_set_test_drops_classes_without_test_images(dataset, clip_dir, tmp
     frame.to_csv(manifest, index=False)
     calls = text_feature_calls
     out = tmp_path / "clip_test_labels.csv"
-    assert main(["clip-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--model",
+    assert main(["encoder-zero-shot", "--manifest", str(manifest), "--classes", str(classes), "--model",
                  str(clip_dir), "--label-set", "test", "--device", "cpu", "--out", str(out)]) == 0
     assert calls == [len(CLASSES) - 1]
     assert "dog" not in set(read_predictions_csv(out)["parsed"])

@@ -1,7 +1,9 @@
-# Config validation, output paths, and the small functions that turn config into rule params.
+# Config validation, output paths, and every helper the rules use: the functions that turn config
+# into params, inputs and targets. Rule files hold only rules.
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -14,6 +16,18 @@ if isinstance(config.get("seeds"), list):
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+
+def config_value(path, default=None):
+    """The value at a dotted config path ("classify.batch_size"), or `default` where the config leaves
+    it out: the one way the rules read optional keys."""
+    node = config
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
 RESULTS = "results"
 # For `--sdm conda`: one environment for every rule, kept in sync with pyproject.toml by a test.
 CONDA_ENV = "../../envs/projection-probe.yaml"
@@ -22,12 +36,11 @@ SEEDS = list(config["seeds"])
 SETTINGS = list(config["settings"])
 MODES = list(config["classify"]["modes"])
 PRIMARY_MODE = MODES[0]
-THREADS = config.get("resources", {}).get("threads", 1)
+THREADS = config_value("resources.threads", 1)
 MODEL = config["model"]
-# A memory knob, so it reaches `classify` through its shell line, not `params`: changing it must not
-# rerun jobs (Snakemake's code trigger compares the unformatted line). Unset: the CLI's default.
-LABEL_CHUNK_OPTION = (f"--label-chunk-size {config['classify']['label_chunk_size']}"
-                      if "label_chunk_size" in config["classify"] else "")
+DEVICE = config_value("model.device", "cpu")
+DTYPE = config_value("model.dtype", "float32")
+TEMPLATE = config_value("model.template", "v1")
 
 
 def _fail(message):
@@ -36,12 +49,56 @@ def _fail(message):
 
 if "original" not in config["settings"] or config["settings"]["original"]["kind"] != "none":
     _fail("settings must contain `original: {kind: none}` (the zero-shot base MLLM that Table 2 compares against)")
-if MODEL["loader"] == "llava_hf" and not MODEL.get("llava_hf"):
+if MODEL["loader"] == "llava_hf" and not config_value("model.llava_hf"):
     _fail("model.loader is llava_hf, so model.llava_hf must name a local llava-hf checkpoint folder")
 if MODEL["loader"] == "parts":
-    for name in config.get("align", {}).get("datasets", []):
+    for name in config_value("align.datasets", []):
         if name not in config["datasets"]:
             _fail(f"align.datasets names {name!r}, which is not under datasets")
+
+
+def finetune_params(setting):
+    """One setting's training options: its own keys over the `finetune` section over the defaults.
+    Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's DeepSpeed
+    runs do; pure-bf16 weights lose most updates at lr 2e-5."""
+    merged = {"epochs": 1, "warmup_ratio": 0.03, "weight_decay": 0.0, "lr_scheduler": "cosine",
+              "max_grad_norm": 0.0, "bf16": False, "gradient_checkpointing": False,
+              "checkpoint_every_steps": 50, "num_gpus": 1, "optim": "adamw_torch", "accelerate_config": None,
+              "max_examples": None, "model_dtype": "float32", "projector_lr": 2e-5, "lora_r": 128, "lora_alpha": 256,
+              "lora_dropout": 0.05, "template": TEMPLATE}
+    merged.update(config_value("finetune", {}))
+    merged.update(config["settings"][setting])
+    return merged
+
+
+# A setting's examples per optimizer step must split exactly into per-device batches on its GPUs;
+# otherwise the trainer would round the accumulation and train on another effective batch.
+for _setting in SETTINGS:
+    if config["settings"][_setting]["kind"] != "none":
+        _hp = finetune_params(_setting)
+        if _hp["effective_batch"] % (_hp["per_device_batch"] * _hp["num_gpus"]):
+            _fail(f"settings.{_setting}: effective_batch {_hp['effective_batch']} is not a multiple of "
+                  f"per_device_batch {_hp['per_device_batch']} × num_gpus {_hp['num_gpus']}; change one of them")
+if MODEL["loader"] == "parts" and config_value("align.effective_batch", 0) % config_value("align.per_device_batch", 1):
+    _fail(f"align: effective_batch {config_value('align.effective_batch')} is not a multiple of "
+          f"per_device_batch {config_value('align.per_device_batch')}; change one of them")
+
+
+# Operational keys (schema `x-kind: operational`): speed and memory only; tests/test_config_kinds.py
+# names the test that shows each one leaves the outputs equal. Shell commands read them from here,
+# not from params, so that changing one reruns nothing; every CLI writes its command line, and with it
+# these values, into the job's log.
+OPERATIONAL = SimpleNamespace(
+    classify_batch_size=config_value("classify.batch_size", 16),
+    # Unset: the CLI's default.
+    label_chunk_option=(f"--label-chunk-size {config_value('classify.label_chunk_size')}"
+                        if config_value("classify.label_chunk_size") else ""),
+    features_batch_size=config_value("features.batch_size", 32),
+    num_workers=config_value("features.num_workers", 0),
+    checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", 50),
+    zero_shot_batch_size=config_value("baselines.encoder_zero_shot.batch_size", 32),
+    layer_batch_size=config_value("analyses.layerwise.batch_size", 8),
+)
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
@@ -69,17 +126,6 @@ def model_spec(wildcards):
     return f"{model_dir(wildcards)}/facade.json"
 
 
-def finetune_params(setting):
-    """One setting's hyperparameters merged over the shared finetune defaults."""
-    merged = {"epochs": 1, "warmup_ratio": 0.03, "weight_decay": 0.0, "lr_scheduler": "cosine",
-              "max_grad_norm": 0.0, "bf16": False, "gradient_checkpointing": False,
-              "checkpoint_every_steps": 50, "num_gpus": 1, "optim": "adamw_torch", "accelerate_config": None,
-              "max_examples": None, "model_dtype": "float32", "projector_lr": 2e-5, "lora_r": 128, "lora_alpha": 256, "lora_dropout": 0.05}
-    merged.update(config.get("finetune", {}))
-    merged.update(config["settings"][setting])
-    return merged
-
-
 def vision_spec():
     if MODEL["loader"] == "llava_hf":
         return {"kind": "llava_hf", "path": MODEL["llava_hf"]}
@@ -97,21 +143,21 @@ def data_file(dataset, name):
 
 def classify_max_new_tokens():
     """A number, or `auto`: the classify CLI then derives it from the dataset's tokenized classes."""
-    return config["classify"].get("max_new_tokens", "auto")
+    return config_value("classify.max_new_tokens", "auto")
 
 
 def default_preprocessing():
-    return MODEL.get("image_preprocessing", "pad")
+    return config_value("model.image_preprocessing", "pad")
 
 
 # The two data switches below ride on an existing param and only when set, so that configs without
 # them keep their recorded params (Snakemake compares param values, not names).
 def exif_transpose_flag():
-    return " --exif-transpose" if config.get("data", {}).get("exif_transpose", False) else ""
+    return " --exif-transpose" if config_value("data.exif_transpose", False) else ""
 
 
 def cross_split_duplicates_flag():
-    policy = config.get("data", {}).get("cross_split_duplicates", "fail")
+    policy = config_value("data.cross_split_duplicates", "fail")
     return f" --cross-split-duplicates {policy}" if policy != "fail" else ""
 
 
@@ -144,7 +190,7 @@ def probe_predictions(dataset, kind, setting, seed):
 
 
 def encoder_zero_shot_enabled():
-    return config.get("baselines", {}).get("encoder_zero_shot", {}).get("enabled", False)
+    return config_value("baselines.encoder_zero_shot.enabled", False)
 
 
 def all_runs():
@@ -153,7 +199,7 @@ def all_runs():
     for d in DATASETS:
         classes = data_file(d, "classes.json")
         for s in SEEDS:
-            if config.get("baselines", {}).get("random", True):
+            if config_value("baselines.random", True):
                 runs.append(dict(dataset=d, setting="-", seed=s, method="random", classes=classes,
                                  predictions=f"{RESULTS}/baselines/{d}/random/seed{s}.csv"))
             for setting in SETTINGS:
@@ -174,3 +220,208 @@ def all_runs():
 
 def log_path(rule_name, *parts):
     return f"{RESULTS}/logs/{rule_name}/" + "_".join(parts) + ".log"
+
+
+def remote_code_flag():
+    return "--trust-remote-code" if config_value("model.trust_remote_code", False) else ""
+
+
+# ---------------------------------------------------------------- download
+def downloaded_root(wildcards):
+    """The dataset's source root when the workflow downloads it, so prepare_dataset waits for it."""
+    dataset = config["datasets"][wildcards.dataset]
+    if "download" in dataset and "root" in dataset.get("source", {}):
+        return dataset["source"]["root"]
+    return []
+
+
+def download_targets():
+    return {name: d["source"]["root"] for name, d in config["datasets"].items()
+            if "download" in d and "root" in d.get("source", {})}
+
+
+# ---------------------------------------------------------------- finetune
+# The result keys of a fine-tune: every training option except the operational ones, which reach the
+# command through OPERATIONAL. The launcher carries num_gpus and accelerate_config.
+FINETUNE_OPERATIONAL_KEYS = {"checkpoint_every_steps"}
+
+
+def finetune_hyperparameters(setting):
+    return {k: v for k, v in finetune_params(setting).items() if k not in FINETUNE_OPERATIONAL_KEYS}
+
+
+def finetune_launcher(setting):
+    params = finetune_params(setting)
+    if params["num_gpus"] > 1:
+        config_arg = f" --config_file {shlex.quote(params['accelerate_config'])}" if params["accelerate_config"] else ""
+        return f"accelerate launch --num_processes {params['num_gpus']}{config_arg} -m projection_probe.cli"
+    return "projection-probe"
+
+
+def optional_int(value):
+    return 0 if value is None else value
+
+
+# ---------------------------------------------------------------- classify
+def generation_args(mode):
+    """The options only free-text generation reads, so that only `generate` jobs rerun when they
+    change. `exact` reads the whole answer as the authors did, so it does not stop at a newline."""
+    if mode != "generate":
+        return ""
+    args = []
+    # `auto`: the CLI derives the bound from the dataset's tokenized classes.
+    if classify_max_new_tokens() != "auto":
+        args.append(f"--max-new-tokens {classify_max_new_tokens()}")
+    args.append(f"--temperature {config_value('classify.temperature', 0.0)}")
+    if config_value("classify.parser", "substring") == "exact":
+        args.append("--parser exact --no-stop-at-newline")
+    if config_value("classify.several_classes", "invalid") == "first":
+        args.append("--several-classes first")
+    return " ".join(args)
+
+
+def sampling_batch_size(mode):
+    """Sampled answers (temperature > 0) depend on how the records are batched, one random generator
+    per batch, so the batch size is then a result of `generate` jobs; greedy answers do not."""
+    if mode == "generate" and config_value("classify.temperature", 0.0) > 0:
+        return OPERATIONAL.classify_batch_size
+    return None
+
+
+# ---------------------------------------------------------------- probes
+def probe_args(kind):
+    p = config["probes"][kind]
+    args = (f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
+            f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
+            f" --val-source {p['val_source']}")
+    # Flags only when set, so that configs without these keys keep their params (and their results).
+    args += " --standardize" if p.get("standardize") else ""
+    return args + ("" if p.get("restore_best", True) else " --last-epoch")
+
+
+# ---------------------------------------------------------------- baselines
+def zero_shot_args():
+    z = config_value("baselines.encoder_zero_shot", {})
+    templates = " ".join(f"--template {shlex.quote(t)}" for t in z.get("templates", ["This is a photo of {}."]))
+    case = "--lowercase-labels" if z.get("lowercase_labels", True) else "--no-lowercase-labels"
+    # `--label-set test` only when set, so that configs without the key keep their params.
+    label_set = " --label-set test" if z.get("label_set", "pinned") == "test" else ""
+    return (f"--model {shlex.quote(str(z.get('model')))} {templates} {case}"
+            f" --image-preprocessing {z.get('image_preprocessing', 'square')}{label_set}")
+
+
+# ---------------------------------------------------------------- report
+PAPER_RESULTS = str(Path(workflow.basedir) / "resources" / "paper_results.csv")
+
+
+def paper_args():
+    paper_map = config_value("report.paper_map", {})
+    if not paper_map:
+        return ""
+    return f"--paper-results {shlex.quote(PAPER_RESULTS)} --paper-map {as_json(paper_map)}"
+
+
+# ---------------------------------------------------------------- analyses (docs/analysis.md)
+LAYERWISE = {"enabled": True, "poolings": ["image_mean", "last_token"], "storage_dtype": "float16", "mlp": False,
+             **config_value("analyses.layerwise", {})}
+LINEAR_PROBE = {"C": 1.0, "max_iter": 500, **config_value("analyses.linear_probe", {})}
+MATCHED_PROBES = {"enabled": True, "mlp": True, **config_value("analyses.matched_probes", {})}
+SIMILARITY = {"enabled": True, "knn_k": 10, **config_value("analyses.similarity", {})}
+CONTROL_TASKS = bool(config_value("analyses.control_tasks", True))
+BOOTSTRAP = int(config_value("analyses.bootstrap", 1000))
+PERMUTATIONS = int(config_value("analyses.permutations", 10000))
+CONFIDENCE = float(config_value("analyses.confidence", 0.95))
+ANALYSIS = f"{RESULTS}/analysis"
+
+
+def analyses_enabled():
+    return bool(config_value("analyses.enabled", False))
+
+
+def analysis_probes_wanted():
+    return LAYERWISE["enabled"] or MATCHED_PROBES["enabled"]
+
+
+def analysis_mlp_json():
+    """The paper's post-projection MLP probe hyperparameters (config `probes.post`), reused by the
+    matched and the optional per-layer MLP probes so that they are the same probe family."""
+    if not (MATCHED_PROBES["enabled"] and MATCHED_PROBES["mlp"]) and not LAYERWISE["mlp"]:
+        return ""
+    spec = {k: v for k, v in config["probes"]["post"].items() if k != "feature"}
+    return f"--mlp {as_json(spec)}"
+
+
+def analysis_probe_inputs(wildcards):
+    base = f"{ANALYSIS}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
+    feats = f"{RESULTS}/features/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
+    out = {"classes": f"{RESULTS}/data/{wildcards.dataset}/classes.json"}
+    if LAYERWISE["enabled"]:
+        out.update(layers_train=f"{base}/layers_train.safetensors", layers_test=f"{base}/layers_test.safetensors")
+    if MATCHED_PROBES["enabled"]:
+        out.update(features_train=f"{feats}/train.safetensors", features_test=f"{feats}/test.safetensors")
+    return out
+
+
+def analysis_probe_file_args(wildcards, input):
+    args = [f"--{k.replace('_', '-')} {getattr(input, k)}" for k in
+            ("layers_train", "layers_test", "features_train", "features_test") if hasattr(input, k)]
+    return " ".join(args)
+
+
+def analysis_similarity_inputs(wildcards):
+    out = {}
+    for s in SETTINGS:
+        if LAYERWISE["enabled"]:
+            out[f"layers_{s}"] = f"{ANALYSIS}/{wildcards.dataset}/{s}/seed{wildcards.seed}/layers_test.safetensors"
+        out[f"features_{s}"] = f"{RESULTS}/features/{wildcards.dataset}/{s}/seed{wildcards.seed}/test.safetensors"
+    return out
+
+
+def analysis_similarity_file_args(wildcards, input):
+    layers = [f"{s}={getattr(input, 'layers_' + s)}" for s in SETTINGS if hasattr(input, "layers_" + s)]
+    feats = [f"{s}={getattr(input, 'features_' + s)}" for s in SETTINGS]
+    return f"--layers {' '.join(layers)} --features {' '.join(feats)}"
+
+
+def probe_tables():
+    return expand(f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv", dataset=DATASETS,
+                  setting=SETTINGS, seed=SEEDS)
+
+
+def similarity_tables():
+    return expand(f"{ANALYSIS}/{{dataset}}/seed{{seed}}/similarity.csv", dataset=DATASETS, seed=SEEDS)
+
+
+def analysis_report_files(name, figure):
+    return {"csv": f"{RESULTS}/tables/analysis_{name}.csv", "md": f"{RESULTS}/tables/analysis_{name}.md",
+            "png": f"{RESULTS}/figures/analysis_{figure}.png", "pdf": f"{RESULTS}/figures/analysis_{figure}.pdf"}
+
+
+def analysis_report_outputs(name, figure, title):
+    f = analysis_report_files(name, figure)
+    caption = f"../report/analysis_{name}.rst"
+    labels = {"analysis": title}
+    return dict(
+        csv=report(f["csv"], caption=caption, category="Beyond the paper", subcategory=title, labels={**labels, "file": "table (CSV)"}),
+        md=f["md"],
+        png=report(f["png"], caption=caption, category="Beyond the paper", subcategory=title, labels={**labels, "file": "figure"}),
+        pdf=f["pdf"],
+    )
+
+
+def analysis_targets():
+    """Final outputs of the enabled analyses (for `rule all`); [] when `analyses.enabled` is false."""
+    if not analyses_enabled():
+        return []
+    names = [("claims", "claims")]
+    if LAYERWISE["enabled"]:
+        names.append(("layerwise", "layerwise_f1"))
+    if MATCHED_PROBES["enabled"]:
+        names.append(("matched", "matched"))
+    if CONTROL_TASKS and analysis_probes_wanted():
+        names.append(("selectivity", "selectivity"))
+    if SIMILARITY["enabled"]:
+        names.append(("similarity", "similarity"))
+    targets = [f for name, fig in names for f in analysis_report_files(name, fig).values()]
+    targets += [f"{RESULTS}/tables/analysis_seed_stats.csv", f"{RESULTS}/tables/analysis_seed_stats.md"]
+    return targets

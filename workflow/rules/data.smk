@@ -2,6 +2,7 @@
 
 
 rule prepare_dataset:
+    localrule: True
     input:
         downloaded_root,
     output:
@@ -13,8 +14,8 @@ rule prepare_dataset:
         source=lambda wc: as_json(config["datasets"][wc.dataset]["source"]),
         classes=lambda wc: as_json(config["datasets"][wc.dataset]["classes"]),
         task=lambda wc: shlex.quote(config["datasets"][wc.dataset]["task"]),
-        on_bad_image=config.get("data", {}).get("on_bad_image", "fail") + cross_split_duplicates_flag(),
-        train_only=("--allow-train-only-classes" if config.get("data", {}).get("allow_train_only_classes", True)
+        on_bad_image=config_value("data.on_bad_image", "fail") + cross_split_duplicates_flag(),
+        train_only=("--allow-train-only-classes" if config_value("data.allow_train_only_classes", True)
                     else "--no-allow-train-only-classes"),
     conda:
         CONDA_ENV
@@ -27,13 +28,14 @@ rule prepare_dataset:
 
 
 rule build_prompts:
+    localrule: True
     input:
         manifest=rules.prepare_dataset.output.manifest,
         classes=rules.prepare_dataset.output.classes,
     output:
         f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
     params:
-        cue="--output-cue" if config.get("data", {}).get("prompt_output_cue", False) else "--no-output-cue",
+        cue="--output-cue" if config_value("data.prompt_output_cue", False) else "--no-output-cue",
     conda:
         CONDA_ENV
     log:

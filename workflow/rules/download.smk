@@ -4,19 +4,6 @@
 # message saying exactly where to put the files.
 
 
-def downloaded_root(wildcards):
-    """The dataset's source root when the workflow downloads it, so prepare_dataset waits for it."""
-    dataset = config["datasets"][wildcards.dataset]
-    if "download" in dataset and "root" in dataset.get("source", {}):
-        return dataset["source"]["root"]
-    return []
-
-
-def download_targets():
-    return {name: d["source"]["root"] for name, d in config["datasets"].items()
-            if "download" in d and "root" in d.get("source", {})}
-
-
 for _name, _root in download_targets().items():
 
     rule:
@@ -28,8 +15,8 @@ for _name, _root in download_targets().items():
             directory(_root),
         params:
             dataset=config["datasets"][_name]["source"]["kind"],
-            url=shlex.quote(config["datasets"][_name]["download"].get("url") or ""),
-            sha256=shlex.quote(config["datasets"][_name]["download"].get("sha256") or ""),
+            url=shlex.quote(config_value(f"datasets.{_name}.download.url") or ""),
+            sha256=shlex.quote(config_value(f"datasets.{_name}.download.sha256") or ""),
         conda:
             CONDA_ENV
         log:

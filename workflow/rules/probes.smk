@@ -1,16 +1,6 @@
 # MLP probes: the post-projection probe per setting (Table 2) and the image-only probe (Table 3).
 
 
-def probe_args(kind):
-    p = config["probes"][kind]
-    args = (f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
-            f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
-            f" --val-source {p['val_source']}")
-    # Flags only when set, so that configs without these keys keep their params (and their results).
-    args += " --standardize" if p.get("standardize") else ""
-    return args + ("" if p.get("restore_best", True) else " --last-epoch")
-
-
 rule train_probe_post:
     input:
         train=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/train.safetensors",
@@ -21,9 +11,9 @@ rule train_probe_post:
         summary=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
     params:
         args=probe_args("post"),
-        feature=config["probes"]["post"].get("feature", "post"),
-        device=MODEL.get("device", "cpu"),
-        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
+        feature=config_value("probes.post.feature", "post"),
+        device=DEVICE,
+        f1_classes=config_value("metrics.f1_classes", "true"),
     threads: THREADS
     conda:
         CONDA_ENV
@@ -47,9 +37,9 @@ rule train_probe_image_only:
         summary=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.json",
     params:
         args=probe_args("image_only"),
-        feature=config["probes"]["image_only"].get("feature", "pooled"),
-        device=MODEL.get("device", "cpu"),
-        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
+        feature=config_value("probes.image_only.feature", "pooled"),
+        device=DEVICE,
+        f1_classes=config_value("metrics.f1_classes", "true"),
     threads: THREADS
     conda:
         CONDA_ENV

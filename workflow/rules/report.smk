@@ -2,6 +2,7 @@
 
 
 rule aggregate:
+    localrule: True
     input:
         [run["predictions"] for run in all_runs()],
         classes=expand(f"{RESULTS}/data/{{dataset}}/classes.json", dataset=DATASETS),
@@ -9,7 +10,7 @@ rule aggregate:
         f"{RESULTS}/metrics/all_runs.csv",
     params:
         runs=as_json(all_runs()),
-        f1_classes=config.get("metrics", {}).get("f1_classes", "true"),
+        f1_classes=config_value("metrics.f1_classes", "true"),
     conda:
         CONDA_ENV
     log:
@@ -19,20 +20,11 @@ rule aggregate:
         " --out {output} > {log} 2>&1"
 
 
-PAPER_RESULTS = str(Path(workflow.basedir) / "resources" / "paper_results.csv")
-
-
-def paper_args():
-    paper_map = config.get("report", {}).get("paper_map", {})
-    if not paper_map:
-        return ""
-    return f"--paper-results {shlex.quote(PAPER_RESULTS)} --paper-map {as_json(paper_map)}"
-
-
 rule make_tables:
+    localrule: True
     input:
         all_runs=rules.aggregate.output,
-        paper=[PAPER_RESULTS] if config.get("report", {}).get("paper_map") else [],
+        paper=[PAPER_RESULTS] if config_value("report.paper_map") else [],
     output:
         report(
             expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[1], ext=["csv", "md", "tex"]),
@@ -44,8 +36,8 @@ rule make_tables:
             expand(f"{RESULTS}/tables/table{{n}}.{{ext}}", n=[3], ext=["csv", "md", "tex"]),
             caption="../report/table3.rst", category="Tables", labels={"table": "3: image-only MLP"}),
     params:
-        encoder=shlex.quote(config.get("report", {}).get("encoder_name", "CLIP")),
-        mllm=shlex.quote(config.get("report", {}).get("mllm_name", "LLaVA-1.5")),
+        encoder=shlex.quote(config_value("report.encoder_name", "CLIP")),
+        mllm=shlex.quote(config_value("report.mllm_name", "LLaVA-1.5")),
         paper=paper_args(),
     conda:
         CONDA_ENV
@@ -57,6 +49,7 @@ rule make_tables:
 
 
 rule make_figure:
+    localrule: True
     input:
         rules.aggregate.output,
     output:

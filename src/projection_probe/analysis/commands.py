@@ -1,8 +1,8 @@
-"""CLI of the analyses (issue 8: where in the MLLM the domain knowledge lives).
+"""CLI of the analyses (where in the MLLM the domain knowledge lives).
 
 One subcommand per rule of ``workflow/rules/analysis.smk``:
 
-- ``analysis-extract-layers``  model → ``layers_{train,test}.safetensors`` (the only step that runs the LLM);
+- ``extract-layer-features``   model → ``layers_{train,test}.safetensors`` (the only step that runs the LLM);
 - ``analysis-probe``           layer files + pooled features → ``probes.csv`` (layer-wise, matched, controls);
 - ``analysis-similarity``      all settings' test layer files + pooled features → ``similarity.csv``;
 - ``analysis-layerwise-report``, ``analysis-matched-report``, ``analysis-selectivity-report``,
@@ -18,25 +18,10 @@ import argparse
 import json
 import logging
 
+from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
-
-
-def _json(text: str, what: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{what}: not valid JSON ({e})") from e
-
-
-def _threads(n) -> None:
-    if n:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(n)
-        threadpool_limits(n)  # sklearn's BLAS as well
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
@@ -54,7 +39,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 def run_extract_layers(args) -> None:
     from projection_probe.analysis.layers import extract_layer_features
 
-    _threads(args.threads)
+    set_threads(args.threads)
     extract_layer_features(args.model, args.prompts, args.vision_cache, args.classes, args.out_dir,
                            device=args.device, dtype=args.dtype, storage_dtype=args.storage_dtype,
                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
@@ -85,10 +70,10 @@ def probe_one(dataset, setting, seed, classes_path, layers_train=None, layers_te
 def run_probe(args) -> None:
     from projection_probe.io import write_csv
 
-    _threads(args.threads)
+    set_threads(args.threads)
     frame = probe_one(args.dataset, args.setting, args.seed, args.classes, args.layers_train, args.layers_test,
                       args.features_train, args.features_test, {"c": args.c, "max_iter": args.max_iter},
-                      _json(args.mlp, "--mlp") if args.mlp else None, args.layer_mlp,
+                      parse_json_arg("--mlp", args.mlp) if args.mlp else None, args.layer_mlp,
                       args.poolings.split(",") if args.poolings else None, args.controls, args.device,
                       args.matched_mlp)
     write_csv(args.out, frame)
@@ -116,7 +101,7 @@ def similarity_one(dataset, seed, layers: dict[str, str], features: dict[str, st
 def run_similarity(args) -> None:
     from projection_probe.io import write_csv
 
-    _threads(args.threads)
+    set_threads(args.threads)
     write_csv(args.out, similarity_one(args.dataset, args.seed, _pairs(args.layers, "--layers"),
                                        _pairs(args.features, "--features"), args.knn_k))
 
@@ -169,10 +154,10 @@ def run_recompute(args) -> None:
     from projection_probe.analysis import reports
     from projection_probe.io import write_csv
 
-    _threads(args.threads)
+    set_threads(args.threads)
     results = Path(args.results)
     out = Path(args.out_dir or results)
-    opts = _json(args.options, "--options") if args.options else {}
+    opts = parse_json_arg("--options", args.options) if args.options else {}
     linear = opts.get("linear_probe", {})
     linear = {"c": linear.get("C", 1.0), "max_iter": linear.get("max_iter", 500)}
     mlp = opts.get("mlp")
@@ -231,7 +216,7 @@ def _report_outputs(p) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("analysis-extract-layers",
+    p = subparsers.add_parser("extract-layer-features",
                               help="per-layer hidden states (mean over image tokens, final prompt token)")
     p.add_argument("--model", required=True, help="model folder with facade.json")
     p.add_argument("--prompts", required=True, help="prompts_seed{seed}.jsonl (train and test records)")
@@ -242,7 +227,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--out-dir", required=True, help="writes layers_train.safetensors and layers_test.safetensors")
     p.set_defaults(handler=run_extract_layers)
 
@@ -251,6 +236,8 @@ def register(subparsers) -> None:
     p.add_argument("--setting", required=True)
     p.add_argument("--seed", type=int, required=True, help="probe seed and control-label seed")
     p.add_argument("--classes", required=True)
+    p.add_argument("--device", default="cpu")
+    add_threads_option(p)
     p.add_argument("--layers-train")
     p.add_argument("--layers-test")
     p.add_argument("--features-train", help="features-stage train.safetensors (pre, post): matched probes")
@@ -264,8 +251,6 @@ def register(subparsers) -> None:
     p.add_argument("--matched-mlp", action=argparse.BooleanOptionalAction, default=True,
                    help="an MLP probe on pre/post besides the linear one (needs --mlp)")
     p.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", required=True, help="probes.csv")
     p.set_defaults(handler=run_probe)
 
@@ -275,7 +260,7 @@ def register(subparsers) -> None:
     p.add_argument("--layers", nargs="*", default=[], help="SETTING=layers_test.safetensors ...")
     p.add_argument("--features", nargs="*", default=[], help="SETTING=features test.safetensors ...")
     p.add_argument("--knn-k", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--out", required=True, help="similarity.csv")
     p.set_defaults(handler=run_similarity)
 
@@ -315,5 +300,5 @@ def register(subparsers) -> None:
                    help='JSON, e.g. {"linear_probe": {"C": 1, "max_iter": 500}, "knn_k": 10, "bootstrap": 1000, '
                         '"control_tasks": true, "mlp": {...}, "layer_mlp": false}')
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.set_defaults(handler=run_recompute)

@@ -1,4 +1,5 @@
-"""Subcommands for workflow/rules/baselines.smk: `random-baseline` and `clip-zero-shot`.
+"""Subcommands for workflow/rules/baselines.smk: `random-baseline` and `encoder-zero-shot` (CLIP's own
+zero-shot classification).
 
 Nothing heavy is imported here; each handler imports its module when it runs.
 """
@@ -6,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+from projection_probe.cli import add_threads_option, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,12 @@ def candidate_classes(classes: list[str], test_labels, label_set: str) -> list[s
     raise ValueError(f"label_set={label_set!r}: use pinned or test")
 
 
-def run_clip_zero_shot(args: argparse.Namespace) -> int:
+def run_encoder_zero_shot(args: argparse.Namespace) -> int:
     from projection_probe.baselines.random_baseline import read_classes_file, read_test_split
     from projection_probe.baselines.zero_shot import clip_zero_shot_predictions
     from projection_probe.io import write_csv
 
+    set_threads(args.threads)
     classes = read_classes_file(args.classes)
     test = read_test_split(args.manifest, classes)
     candidates = candidate_classes(classes, test["label"], args.label_set)
@@ -66,7 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.set_defaults(handler=run_random_baseline)
 
-    p = subparsers.add_parser("clip-zero-shot", help="CLIP zero-shot predictions for the test split")
+    p = subparsers.add_parser("encoder-zero-shot",
+                              help="the vision encoder's own (CLIP) zero-shot predictions for the test split")
     p.add_argument("--manifest", required=True, help="manifest.csv (image_path,label,split)")
     p.add_argument("--classes", required=True, help='classes.json ({"task", "classes"})')
     p.add_argument("--model", required=True, help="local folder of a saved CLIPModel and its tokenizer")
@@ -83,5 +88,6 @@ def register(subparsers) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
     p.add_argument("--device", default="auto", help="torch device, or auto (cuda when present)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    add_threads_option(p)
     p.add_argument("--out", required=True, help="predictions CSV to write")
-    p.set_defaults(handler=run_clip_zero_shot)
+    p.set_defaults(handler=run_encoder_zero_shot)

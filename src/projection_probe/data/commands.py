@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from projection_probe.cli import parse_json_arg
 
 
 def register(subparsers) -> None:
@@ -39,20 +40,11 @@ def register(subparsers) -> None:
     p.set_defaults(handler=build_prompts_command)
 
 
-def _parse_json_arg(flag: str, text: str):
-    from projection_probe.io import InputError
-
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{flag}: not valid JSON ({e}): {text[:200]!r}") from e
-
-
 def prepare_dataset_command(args) -> int:
     from projection_probe.data.sources import prepare_dataset
 
-    source_cfg = _parse_json_arg("--source-json", args.source_json)
-    classes = _parse_json_arg("--classes-json", args.classes_json)
+    source_cfg = parse_json_arg("--source-json", args.source_json)
+    classes = parse_json_arg("--classes-json", args.classes_json)
     prepare_dataset(dataset=args.dataset, source_cfg=source_cfg, classes=classes, task=args.task,
                     on_bad_image=args.on_bad_image, allow_train_only_classes=args.allow_train_only_classes,
                     out_dir=args.out_dir, cross_split_duplicates=args.cross_split_duplicates)

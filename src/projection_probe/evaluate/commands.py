@@ -1,6 +1,8 @@
 """CLI: classify (the MLLM on the test split)."""
 from __future__ import annotations
 
+from projection_probe.cli import add_threads_option, set_threads
+
 MODES = ("generate", "constrained", "likelihood")
 # Duplicated from evaluate.parse so that building the CLI imports nothing heavy; a test keeps them equal.
 PARSERS = ("substring", "exact")
@@ -16,8 +18,7 @@ def run_classify(args) -> None:
     from projection_probe.io import write_csv
     from projection_probe.models.loaders import load_facade
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
     facade = load_facade(args.model, device=args.device, dtype=dtype,
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--trust-remote-code", action="store_true", default=False)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=run_classify)

@@ -2,16 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from projection_probe.io import InputError
-
-
-def _set_threads(n: int) -> None:
-    import torch
-
-    if n and n > 0:
-        torch.set_num_threads(n)
+from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
 
 
 def run_extract_vision(args) -> None:
@@ -19,14 +11,10 @@ def run_extract_vision(args) -> None:
     from projection_probe.features.cache import build_vision_cache
     from projection_probe.models.loaders import build_vision, resolve_device
 
-    _set_threads(args.threads)
-    try:
-        spec = json.loads(args.vision_json)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--vision-json: not valid JSON ({e})") from e
+    set_threads(args.threads)
     rows = read_manifest(args.manifest)
     verify_image_hashes(rows, args.manifest)  # before the model loads: a stale manifest fails fast
-    vision = build_vision(spec)
+    vision = build_vision(parse_json_arg("--vision-json", args.vision_json))
     build_vision_cache(vision, [r.image_path for r in rows], args.out, args.image_preprocessing,
                        batch_size=args.batch_size, num_workers=args.num_workers,
                        device=resolve_device(args.device), exif_transpose=args.exif_transpose)
@@ -35,7 +23,7 @@ def run_extract_vision(args) -> None:
 def run_extract_features(args) -> None:
     from projection_probe.features.extract import extract_model_features
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     extract_model_features(args.model, args.vision_cache, args.manifest, args.classes, args.out_dir,
                            device=args.device)
 
@@ -50,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=run_extract_vision)
 
@@ -60,6 +48,6 @@ def register(subparsers) -> None:
     p.add_argument("--manifest", required=True)
     p.add_argument("--classes", required=True, help="classes.json")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_extract_features)

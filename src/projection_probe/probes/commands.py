@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from projection_probe.cli import add_threads_option, set_threads
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--last-epoch", action="store_true",
                    help="keep the last epoch's weights instead of restoring the best epoch's (the authors' probe)")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    add_threads_option(p)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--f1-classes", choices=("true", "observed", "all"), default="true",
                    help="classes macro-F1 averages over (see evaluate.metrics); the report recomputes it anyway")
@@ -106,16 +107,12 @@ def load_features(path: str | Path, feature: str, n_classes: int):
 
 def run_train_probe(args) -> int:
     import pandas as pd
-    import torch
 
     from projection_probe.evaluate.metrics import classification_metrics
     from projection_probe.io import write_csv, write_json
     from projection_probe.probes.mlp import train_probe
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     from projection_probe.models.loaders import resolve_device
 
     device = resolve_device(args.device)

@@ -51,15 +51,11 @@ def run_aggregate(args) -> int:
     from projection_probe.report.aggregate import collect_runs, read_runs_json
 
     if args.runs is not None:
-        import json
-
+        from projection_probe.cli import parse_json_arg
         from projection_probe.io import InputError
         from projection_probe.report.aggregate import validate_entry
 
-        try:
-            entries = json.loads(args.runs)
-        except json.JSONDecodeError as e:
-            raise InputError(f"--runs: not valid JSON ({e})") from e
+        entries = parse_json_arg("--runs", args.runs)
         if not isinstance(entries, list):
             raise InputError("--runs: expected a JSON list of run objects")
         entries = [validate_entry(e, f"--runs[{i}]") for i, e in enumerate(entries)]

@@ -7,18 +7,10 @@ docs/training.md.
 from __future__ import annotations
 
 import argparse
-import json
 
-from projection_probe.io import InputError
+from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
 
 SETTINGS = ("ft-proj", "ft-e2e", "ft-lora")  # mirrors train.finetune.SETTINGS without importing torch
-
-
-def _set_threads(n: int) -> None:
-    import torch
-
-    if n and n > 0:
-        torch.set_num_threads(n)
 
 
 def _optional_positive(value: int | None) -> int | None:
@@ -28,7 +20,7 @@ def _optional_positive(value: int | None) -> int | None:
 def run_finetune(args) -> None:
     from projection_probe.train.finetune import finetune
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     finetune(args.base_model, args.prompts, args.vision_cache, args.out_dir, args.setting, lr=args.lr,
              effective_batch=args.effective_batch, per_device_batch=args.per_device_batch, epochs=args.epochs,
              warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
@@ -45,12 +37,9 @@ def run_finetune(args) -> None:
 def run_align(args) -> None:
     from projection_probe.train.align import align_projector
 
-    _set_threads(args.threads)
-    try:
-        vision_spec = json.loads(args.vision_json)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--vision-json: not valid JSON ({e})") from e
-    align_projector(vision_spec, args.llm_dir, args.vision_caches, args.manifests, args.out_dir, lr=args.lr,
+    set_threads(args.threads)
+    align_projector(parse_json_arg("--vision-json", args.vision_json), args.llm_dir, args.vision_caches,
+                    args.manifests, args.out_dir, lr=args.lr,
                     epochs=args.epochs, effective_batch=args.effective_batch, per_device_batch=args.per_device_batch,
                     max_examples=_optional_positive(args.max_examples), seed=args.seed, template=args.template,
                     output_template=args.output_template, caption_source=args.caption_source,
@@ -65,7 +54,7 @@ def run_export(args) -> None:
 
     from projection_probe.train.export import export_llava_hf
 
-    _set_threads(args.threads)
+    set_threads(args.threads)
     export_llava_hf(args.model, args.out_dir, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16,
                                                      "float16": torch.float16}[args.dtype])
 
@@ -88,7 +77,7 @@ def _add_schedule_args(p, lr_default: float | None) -> None:
     p.add_argument("--max-examples", type=int, default=0,
                    help="train on a seeded, stratified subset of at most N examples (0: all; CPU demo only)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_threads_option(p)
     p.add_argument("--out-dir", required=True)
 
 
@@ -137,6 +126,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export-llava", help="merge a model folder into a LlavaForConditionalGeneration checkpoint")
     p.add_argument("--model", required=True, help="model folder (facade.json) on a llava_hf or CLIP-parts base")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=0)
+    add_threads_option(p)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_export)
