@@ -33,7 +33,7 @@ from slurm_support import (
     write_summary,
 )
 
-# The workflow's rules by where they must run (docs/cluster.md; the Snakefile's `localrules:`).
+# The workflow's rules by where they must run (docs/cluster.md; `localrule: True` in each local rule).
 GPU_RULES = {"align_projector", "finetune", "classify", "extract_vision_features", "extract_vision_features_variant",
              "extract_features", "encoder_zero_shot", "extract_layer_features"}
 LOCAL_RULES = {"prepare_dataset", "build_prompts", "random_baseline", "aggregate", "make_tables",

@@ -1,4 +1,4 @@
-# Beyond the paper : where in the MLLM the domain knowledge lives. Optional: nothing here is
+# Beyond the paper: where in the MLLM the domain knowledge lives. Optional: nothing here is
 # requested unless `analyses.enabled` is true. Library: projection_probe.analysis; docs/analysis.md.
 #
 # extract_layer_features (dataset, setting, seed)   runs the MLLM once per image: per-layer states
