@@ -21,7 +21,8 @@ def _hidden_sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden {text!r}: expected comma-separated integers, e.g. 2048,1024,256")
+        raise argparse.ArgumentTypeError(
+            f"--hidden {text!r}: expected comma-separated integers, e.g. 2048,1024,256") from None
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden {text!r}: layer sizes must be positive")
     return sizes
@@ -100,7 +101,8 @@ def load_features(path: str | Path, feature: str, n_classes: int):
     except (KeyError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: metadata 'image_paths' missing or not a JSON list; regenerate the features") from e
     if not isinstance(image_paths, list) or len(image_paths) != x.shape[0]:
-        raise InputError(f"{path}: metadata 'image_paths' has {len(image_paths) if isinstance(image_paths, list) else '?'} "
+        count = len(image_paths) if isinstance(image_paths, list) else "?"
+        raise InputError(f"{path}: metadata 'image_paths' has {count} "
                          f"entries for {x.shape[0]} rows")
     return x.float(), labels.long(), [str(p) for p in image_paths]
 

@@ -123,7 +123,8 @@ def register(subparsers) -> None:
     _add_schedule_args(p, lr_default=1e-3)
     p.set_defaults(handler=run_align)
 
-    p = subparsers.add_parser("export-llava", help="merge a model folder into a LlavaForConditionalGeneration checkpoint")
+    p = subparsers.add_parser("export-llava",
+                              help="merge a model folder into a LlavaForConditionalGeneration checkpoint")
     p.add_argument("--model", required=True, help="model folder (facade.json) on a llava_hf or CLIP-parts base")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_threads_option(p)
