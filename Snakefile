@@ -39,15 +39,15 @@ STUDY_TARGETS = [
 # Cheap rules (these two, data preparation, prompts, report, downloads) say `localrule: True`: they
 # run where Snakemake runs (the login node on a cluster), never as cluster jobs.
 rule all:
-    localrule: True
     input:
         STUDY_TARGETS,
         # Beyond the paper (docs/analysis.md): empty unless `analyses.enabled` is true.
         analysis_targets(),
+    localrule: True
 
 
 # The paper's outputs only (Tables 1-3 and the figure), without the optional analyses.
 rule study:
-    localrule: True
     input:
         STUDY_TARGETS,
+    localrule: True

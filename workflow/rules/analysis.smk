@@ -8,9 +8,9 @@
 
 
 rule analysis_all:
-    localrule: True
     input:
         analysis_targets(),
+    localrule: True
 
 
 rule extract_layer_features:
@@ -22,21 +22,21 @@ rule extract_layer_features:
     output:
         train=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_train.safetensors",
         test=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_test.safetensors",
+    log:
+        log_path("extract_layer_features", "{dataset}", "{setting}", "seed{seed}"),
+    benchmark:
+        f"{RESULTS}/benchmarks/analysis/extract_layer_features_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     params:
         storage_dtype=LAYERWISE["storage_dtype"],
         device=DEVICE,
         dtype=DTYPE,
         remote_code=remote_code_flag(),
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
-    resources:
-        gpu=1,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("extract_layer_features", "{dataset}", "{setting}", "seed{seed}"),
-    benchmark:
-        f"{RESULTS}/benchmarks/analysis/extract_layer_features_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
     shell:
         "projection-probe extract-layer-features --model $(dirname {input.model}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --classes {input.classes} --batch-size {OPERATIONAL.layer_batch_size}"
@@ -49,6 +49,13 @@ rule analysis_probe:
         unpack(analysis_probe_inputs),
     output:
         f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv",
+    log:
+        log_path("analysis_probe", "{dataset}", "{setting}", "seed{seed}"),
+    benchmark:
+        f"{RESULTS}/benchmarks/analysis/analysis_probe_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
     params:
         files=analysis_probe_file_args,
         poolings=",".join(LAYERWISE["poolings"]),
@@ -59,13 +66,6 @@ rule analysis_probe:
         matched_mlp="--matched-mlp" if MATCHED_PROBES["mlp"] else "--no-matched-mlp",
         controls="--controls" if CONTROL_TASKS else "--no-controls",
         device=DEVICE,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("analysis_probe", "{dataset}", "{setting}", "seed{seed}"),
-    benchmark:
-        f"{RESULTS}/benchmarks/analysis/analysis_probe_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
     shell:
         "projection-probe analysis-probe --dataset {wildcards.dataset} --setting {wildcards.setting}"
         " --seed {wildcards.seed} --classes {input.classes} {params.files} --poolings {params.poolings}"
@@ -79,34 +79,34 @@ rule analysis_similarity:
         unpack(analysis_similarity_inputs),
     output:
         f"{ANALYSIS}/{{dataset}}/seed{{seed}}/similarity.csv",
-    params:
-        files=analysis_similarity_file_args,
-        knn_k=SIMILARITY["knn_k"],
-    threads: THREADS
-    conda:
-        CONDA_ENV
     log:
         log_path("analysis_similarity", "{dataset}", "seed{seed}"),
     benchmark:
         f"{RESULTS}/benchmarks/analysis/analysis_similarity_{{dataset}}_seed{{seed}}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    params:
+        files=analysis_similarity_file_args,
+        knn_k=SIMILARITY["knn_k"],
     shell:
         "projection-probe analysis-similarity --dataset {wildcards.dataset} --seed {wildcards.seed}"
         " {params.files} --knn-k {params.knn_k} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule analysis_layerwise_report:
-    localrule: True
     input:
         probe_tables(),
     output:
         **analysis_report_outputs("layerwise", "layerwise_f1", "Layer-wise probes"),
+    log:
+        log_path("analysis_layerwise_report", "all"),
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         bootstrap=BOOTSTRAP,
         confidence=CONFIDENCE,
-    conda:
-        CONDA_ENV
-    log:
-        log_path("analysis_layerwise_report", "all"),
     shell:
         "projection-probe analysis-layerwise-report --probes {input} --bootstrap {params.bootstrap}"
         " --confidence {params.confidence} --out-csv {output.csv} --out-md {output.md} --out-png {output.png}"
@@ -114,18 +114,18 @@ rule analysis_layerwise_report:
 
 
 rule analysis_matched_report:
-    localrule: True
     input:
         probe_tables(),
     output:
         **analysis_report_outputs("matched", "matched", "Matched pre/post probes"),
+    log:
+        log_path("analysis_matched_report", "all"),
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         bootstrap=BOOTSTRAP,
         confidence=CONFIDENCE,
-    conda:
-        CONDA_ENV
-    log:
-        log_path("analysis_matched_report", "all"),
     shell:
         "projection-probe analysis-matched-report --probes {input} --bootstrap {params.bootstrap}"
         " --confidence {params.confidence} --out-csv {output.csv} --out-md {output.md} --out-png {output.png}"
@@ -133,60 +133,72 @@ rule analysis_matched_report:
 
 
 rule analysis_selectivity_report:
-    localrule: True
     input:
         probe_tables(),
     output:
         **analysis_report_outputs("selectivity", "selectivity", "Control tasks"),
-    conda:
-        CONDA_ENV
     log:
         log_path("analysis_selectivity_report", "all"),
+    localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "projection-probe analysis-selectivity-report --probes {input} --out-csv {output.csv} --out-md {output.md}"
         " --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
 
 
 rule analysis_similarity_report:
-    localrule: True
     input:
         similarity_tables(),
     output:
         **analysis_report_outputs("similarity", "similarity", "Representation similarity"),
-    conda:
-        CONDA_ENV
     log:
         log_path("analysis_similarity_report", "all"),
+    localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "projection-probe analysis-similarity-report --similarity {input} --out-csv {output.csv}"
         " --out-md {output.md} --out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1"
 
 
 rule analysis_claims:
-    localrule: True
     input:
         f"{RESULTS}/metrics/all_runs.csv",
     output:
-        claims_csv=report(f"{RESULTS}/tables/analysis_claims.csv", caption="../report/analysis_claims.rst",
-                          category="Beyond the paper", subcategory="Claims and seed statistics",
-                          labels={"analysis": "Claims", "file": "claims table (CSV)"}),
+        claims_csv=report(
+            f"{RESULTS}/tables/analysis_claims.csv",
+            caption="../report/analysis_claims.rst",
+            category="Beyond the paper",
+            subcategory="Claims and seed statistics",
+            labels={"analysis": "Claims", "file": "claims table (CSV)"},
+        ),
         claims_md=f"{RESULTS}/tables/analysis_claims.md",
-        stats_csv=report(f"{RESULTS}/tables/analysis_seed_stats.csv", caption="../report/analysis_seed_stats.rst",
-                         category="Beyond the paper", subcategory="Claims and seed statistics",
-                         labels={"analysis": "Seed statistics", "file": "table (CSV)"}),
+        stats_csv=report(
+            f"{RESULTS}/tables/analysis_seed_stats.csv",
+            caption="../report/analysis_seed_stats.rst",
+            category="Beyond the paper",
+            subcategory="Claims and seed statistics",
+            labels={"analysis": "Seed statistics", "file": "table (CSV)"},
+        ),
         stats_md=f"{RESULTS}/tables/analysis_seed_stats.md",
-        png=report(f"{RESULTS}/figures/analysis_claims.png", caption="../report/analysis_claims.rst",
-                   category="Beyond the paper", subcategory="Claims and seed statistics",
-                   labels={"analysis": "Claims", "file": "figure"}),
+        png=report(
+            f"{RESULTS}/figures/analysis_claims.png",
+            caption="../report/analysis_claims.rst",
+            category="Beyond the paper",
+            subcategory="Claims and seed statistics",
+            labels={"analysis": "Claims", "file": "figure"},
+        ),
         pdf=f"{RESULTS}/figures/analysis_claims.pdf",
+    log:
+        log_path("analysis_claims", "all"),
+    localrule: True
+    conda:
+        CONDA_ENV
     params:
         bootstrap=BOOTSTRAP,
         permutations=PERMUTATIONS,
         confidence=CONFIDENCE,
-    conda:
-        CONDA_ENV
-    log:
-        log_path("analysis_claims", "all"),
     shell:
         "projection-probe analysis-claims --all-runs {input} --bootstrap {params.bootstrap}"
         " --permutations {params.permutations} --confidence {params.confidence}"

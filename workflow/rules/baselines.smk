@@ -2,16 +2,16 @@
 
 
 rule random_baseline:
-    localrule: True
     input:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         f"{RESULTS}/baselines/{{dataset}}/random/seed{{seed}}.csv",
-    conda:
-        CONDA_ENV
     log:
         log_path("random_baseline", "{dataset}", "seed{seed}"),
+    localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "projection-probe random-baseline --manifest {input.manifest} --classes {input.classes}"
         " --seed {wildcards.seed} --out {output} > {log} 2>&1"
@@ -23,17 +23,17 @@ rule encoder_zero_shot:
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         f"{RESULTS}/baselines/{{dataset}}/encoder_zero_shot.csv",
-    params:
-        args=zero_shot_args(),
-        device=DEVICE,
+    log:
+        log_path("encoder_zero_shot", "{dataset}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
     # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
         gpu=1,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("encoder_zero_shot", "{dataset}"),
+    params:
+        args=zero_shot_args(),
+        device=DEVICE,
     shell:
         "projection-probe encoder-zero-shot --manifest {input.manifest} --classes {input.classes} {params.args}"
         " --batch-size {OPERATIONAL.zero_shot_batch_size} --num-workers {OPERATIONAL.num_workers}"

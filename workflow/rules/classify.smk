@@ -9,6 +9,14 @@ rule classify:
         classes=f"{RESULTS}/data/{{dataset}}/classes.json",
     output:
         f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
+    log:
+        log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     params:
         generation=lambda wc: generation_args(wc.mode),
         # A result only when answers are sampled; the command reads OPERATIONAL.classify_batch_size.
@@ -16,14 +24,6 @@ rule classify:
         device=DEVICE,
         dtype=DTYPE,
         remote_code=remote_code_flag(),
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
-    resources:
-        gpu=1,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
     shell:
         "projection-probe classify --model $(dirname {input.model}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --classes {input.classes} --mode {wildcards.mode}"

@@ -61,11 +61,26 @@ def finetune_params(setting):
     """One setting's training options: its own keys over the `finetune` section over the defaults.
     Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's DeepSpeed
     runs do; pure-bf16 weights lose most updates at lr 2e-5."""
-    merged = {"epochs": 1, "warmup_ratio": 0.03, "weight_decay": 0.0, "lr_scheduler": "cosine",
-              "max_grad_norm": 0.0, "bf16": False, "gradient_checkpointing": False,
-              "checkpoint_every_steps": 50, "num_gpus": 1, "optim": "adamw_torch", "accelerate_config": None,
-              "max_examples": None, "model_dtype": "float32", "projector_lr": 2e-5, "lora_r": 128, "lora_alpha": 256,
-              "lora_dropout": 0.05, "template": TEMPLATE}
+    merged = {
+        "epochs": 1,
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.0,
+        "lr_scheduler": "cosine",
+        "max_grad_norm": 0.0,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "checkpoint_every_steps": 50,
+        "num_gpus": 1,
+        "optim": "adamw_torch",
+        "accelerate_config": None,
+        "max_examples": None,
+        "model_dtype": "float32",
+        "projector_lr": 2e-5,
+        "lora_r": 128,
+        "lora_alpha": 256,
+        "lora_dropout": 0.05,
+        "template": TEMPLATE,
+    }
     merged.update(config_value("finetune", {}))
     merged.update(config["settings"][setting])
     return merged
@@ -77,11 +92,15 @@ for _setting in SETTINGS:
     if config["settings"][_setting]["kind"] != "none":
         _hp = finetune_params(_setting)
         if _hp["effective_batch"] % (_hp["per_device_batch"] * _hp["num_gpus"]):
-            _fail(f"settings.{_setting}: effective_batch {_hp['effective_batch']} is not a multiple of "
-                  f"per_device_batch {_hp['per_device_batch']} × num_gpus {_hp['num_gpus']}; change one of them")
+            _fail(
+                f"settings.{_setting}: effective_batch {_hp['effective_batch']} is not a multiple of "
+                f"per_device_batch {_hp['per_device_batch']} × num_gpus {_hp['num_gpus']}; change one of them"
+            )
 if MODEL["loader"] == "parts" and config_value("align.effective_batch", 0) % config_value("align.per_device_batch", 1):
-    _fail(f"align: effective_batch {config_value('align.effective_batch')} is not a multiple of "
-          f"per_device_batch {config_value('align.per_device_batch')}; change one of them")
+    _fail(
+        f"align: effective_batch {config_value('align.effective_batch')} is not a multiple of "
+        f"per_device_batch {config_value('align.per_device_batch')}; change one of them"
+    )
 
 
 # Operational keys (schema `x-kind: operational`): speed and memory only; tests/test_config_kinds.py
@@ -91,14 +110,18 @@ if MODEL["loader"] == "parts" and config_value("align.effective_batch", 0) % con
 OPERATIONAL = SimpleNamespace(
     classify_batch_size=config_value("classify.batch_size", 16),
     # Unset: the CLI's default.
-    label_chunk_option=(f"--label-chunk-size {config_value('classify.label_chunk_size')}"
-                        if config_value("classify.label_chunk_size") else ""),
+    label_chunk_option=(
+        f"--label-chunk-size {config_value('classify.label_chunk_size')}"
+        if config_value("classify.label_chunk_size")
+        else ""
+    ),
     features_batch_size=config_value("features.batch_size", 32),
     num_workers=config_value("features.num_workers", 0),
     checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", 50),
     zero_shot_batch_size=config_value("baselines.encoder_zero_shot.batch_size", 32),
     layer_batch_size=config_value("analyses.layerwise.batch_size", 8),
 )
+
 
 wildcard_constraints:
     dataset="|".join(DATASETS) or "NONE",
@@ -200,21 +223,61 @@ def all_runs():
         classes = data_file(d, "classes.json")
         for s in SEEDS:
             if config_value("baselines.random", True):
-                runs.append(dict(dataset=d, setting="-", seed=s, method="random", classes=classes,
-                                 predictions=f"{RESULTS}/baselines/{d}/random/seed{s}.csv"))
+                runs.append(
+                    dict(
+                        dataset=d,
+                        setting="-",
+                        seed=s,
+                        method="random",
+                        classes=classes,
+                        predictions=f"{RESULTS}/baselines/{d}/random/seed{s}.csv",
+                    )
+                )
             for setting in SETTINGS:
                 for mode in MODES:
                     method = "mllm" if mode == PRIMARY_MODE else f"mllm-{mode}"
-                    runs.append(dict(dataset=d, setting=setting, seed=s, method=method, classes=classes,
-                                     predictions=predictions(d, setting, s, mode)))
-                runs.append(dict(dataset=d, setting=setting, seed=s, method="probe_post", classes=classes,
-                                 predictions=probe_predictions(d, "post", setting, s)))
-            runs.append(dict(dataset=d, setting="-", seed=s, method="probe_image_only", classes=classes,
-                             predictions=probe_predictions(d, "image_only", None, s)))
+                    runs.append(
+                        dict(
+                            dataset=d,
+                            setting=setting,
+                            seed=s,
+                            method=method,
+                            classes=classes,
+                            predictions=predictions(d, setting, s, mode),
+                        )
+                    )
+                runs.append(
+                    dict(
+                        dataset=d,
+                        setting=setting,
+                        seed=s,
+                        method="probe_post",
+                        classes=classes,
+                        predictions=probe_predictions(d, "post", setting, s),
+                    )
+                )
+            runs.append(
+                dict(
+                    dataset=d,
+                    setting="-",
+                    seed=s,
+                    method="probe_image_only",
+                    classes=classes,
+                    predictions=probe_predictions(d, "image_only", None, s),
+                )
+            )
             if encoder_zero_shot_enabled():
                 # Deterministic: one run, repeated per seed so that mean ± std has the same shape.
-                runs.append(dict(dataset=d, setting="-", seed=s, method="encoder_zero_shot", classes=classes,
-                                 predictions=f"{RESULTS}/baselines/{d}/encoder_zero_shot.csv"))
+                runs.append(
+                    dict(
+                        dataset=d,
+                        setting="-",
+                        seed=s,
+                        method="encoder_zero_shot",
+                        classes=classes,
+                        predictions=f"{RESULTS}/baselines/{d}/encoder_zero_shot.csv",
+                    )
+                )
     return runs
 
 
@@ -236,8 +299,11 @@ def downloaded_root(wildcards):
 
 
 def download_targets():
-    return {name: d["source"]["root"] for name, d in config["datasets"].items()
-            if "download" in d and "root" in d.get("source", {})}
+    return {
+        name: d["source"]["root"]
+        for name, d in config["datasets"].items()
+        if "download" in d and "root" in d.get("source", {})
+    }
 
 
 # ---------------------------------------------------------------- finetune
@@ -291,9 +357,11 @@ def sampling_batch_size(mode):
 # ---------------------------------------------------------------- probes
 def probe_args(kind):
     p = config["probes"][kind]
-    args = (f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
-            f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
-            f" --val-source {p['val_source']}")
+    args = (
+        f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
+        f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
+        f" --val-source {p['val_source']}"
+    )
     # Flags only when set, so that configs without these keys keep their params (and their results).
     args += " --standardize" if p.get("standardize") else ""
     return args + ("" if p.get("restore_best", True) else " --last-epoch")
@@ -306,8 +374,10 @@ def zero_shot_args():
     case = "--lowercase-labels" if z.get("lowercase_labels", True) else "--no-lowercase-labels"
     # `--label-set test` only when set, so that configs without the key keep their params.
     label_set = " --label-set test" if z.get("label_set", "pinned") == "test" else ""
-    return (f"--model {shlex.quote(str(z.get('model')))} {templates} {case}"
-            f" --image-preprocessing {z.get('image_preprocessing', 'square')}{label_set}")
+    return (
+        f"--model {shlex.quote(str(z.get('model')))} {templates} {case}"
+        f" --image-preprocessing {z.get('image_preprocessing', 'square')}{label_set}"
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -322,8 +392,13 @@ def paper_args():
 
 
 # ---------------------------------------------------------------- analyses (docs/analysis.md)
-LAYERWISE = {"enabled": True, "poolings": ["image_mean", "last_token"], "storage_dtype": "float16", "mlp": False,
-             **config_value("analyses.layerwise", {})}
+LAYERWISE = {
+    "enabled": True,
+    "poolings": ["image_mean", "last_token"],
+    "storage_dtype": "float16",
+    "mlp": False,
+    **config_value("analyses.layerwise", {}),
+}
 LINEAR_PROBE = {"C": 1.0, "max_iter": 500, **config_value("analyses.linear_probe", {})}
 MATCHED_PROBES = {"enabled": True, "mlp": True, **config_value("analyses.matched_probes", {})}
 SIMILARITY = {"enabled": True, "knn_k": 10, **config_value("analyses.similarity", {})}
@@ -363,8 +438,11 @@ def analysis_probe_inputs(wildcards):
 
 
 def analysis_probe_file_args(wildcards, input):
-    args = [f"--{k.replace('_', '-')} {getattr(input, k)}" for k in
-            ("layers_train", "layers_test", "features_train", "features_test") if hasattr(input, k)]
+    args = [
+        f"--{k.replace('_', '-')} {getattr(input, k)}"
+        for k in ("layers_train", "layers_test", "features_train", "features_test")
+        if hasattr(input, k)
+    ]
     return " ".join(args)
 
 
@@ -384,8 +462,9 @@ def analysis_similarity_file_args(wildcards, input):
 
 
 def probe_tables():
-    return expand(f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv", dataset=DATASETS,
-                  setting=SETTINGS, seed=SEEDS)
+    return expand(
+        f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv", dataset=DATASETS, setting=SETTINGS, seed=SEEDS
+    )
 
 
 def similarity_tables():
@@ -393,8 +472,12 @@ def similarity_tables():
 
 
 def analysis_report_files(name, figure):
-    return {"csv": f"{RESULTS}/tables/analysis_{name}.csv", "md": f"{RESULTS}/tables/analysis_{name}.md",
-            "png": f"{RESULTS}/figures/analysis_{figure}.png", "pdf": f"{RESULTS}/figures/analysis_{figure}.pdf"}
+    return {
+        "csv": f"{RESULTS}/tables/analysis_{name}.csv",
+        "md": f"{RESULTS}/tables/analysis_{name}.md",
+        "png": f"{RESULTS}/figures/analysis_{figure}.png",
+        "pdf": f"{RESULTS}/figures/analysis_{figure}.pdf",
+    }
 
 
 def analysis_report_outputs(name, figure, title):
@@ -402,9 +485,21 @@ def analysis_report_outputs(name, figure, title):
     caption = f"../report/analysis_{name}.rst"
     labels = {"analysis": title}
     return dict(
-        csv=report(f["csv"], caption=caption, category="Beyond the paper", subcategory=title, labels={**labels, "file": "table (CSV)"}),
+        csv=report(
+            f["csv"],
+            caption=caption,
+            category="Beyond the paper",
+            subcategory=title,
+            labels={**labels, "file": "table (CSV)"},
+        ),
         md=f["md"],
-        png=report(f["png"], caption=caption, category="Beyond the paper", subcategory=title, labels={**labels, "file": "figure"}),
+        png=report(
+            f["png"],
+            caption=caption,
+            category="Beyond the paper",
+            subcategory=title,
+            labels={**labels, "file": "figure"},
+        ),
         pdf=f["pdf"],
     )
 

@@ -9,18 +9,18 @@ for _name, _root in download_targets().items():
     rule:
         name:
             f"download_{_name}"
-        # Compute nodes often have no internet: downloads run on the submitting node.
-        localrule: True
         output:
             directory(_root),
+        log:
+            log_path("download", _name),
+        # Compute nodes often have no internet: downloads run on the submitting node.
+        localrule: True
+        conda:
+            CONDA_ENV
         params:
             dataset=config["datasets"][_name]["source"]["kind"],
             url=shlex.quote(config_value(f"datasets.{_name}.download.url") or ""),
             sha256=shlex.quote(config_value(f"datasets.{_name}.download.sha256") or ""),
-        conda:
-            CONDA_ENV
-        log:
-            log_path("download", _name),
         shell:
             "projection-probe download-dataset --dataset {params.dataset} --url {params.url}"
             " --sha256 {params.sha256} --out-dir {output} > {log} 2>&1"

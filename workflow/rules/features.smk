@@ -10,18 +10,18 @@ rule extract_vision_features:
         manifest=rules.prepare_dataset.output.manifest,
     output:
         f"{RESULTS}/features/{{dataset}}/vision.safetensors",
+    log:
+        log_path("extract_vision_features", "{dataset}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+    resources:
+        gpu=1,
     params:
         vision=as_json(vision_spec()),
         preprocessing=default_preprocessing() + exif_transpose_flag(),
         device=DEVICE,
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
-    resources:
-        gpu=1,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("extract_vision_features", "{dataset}"),
     shell:
         "projection-probe extract-vision-features --vision-json {params.vision} --manifest {input.manifest}"
         " --image-preprocessing {params.preprocessing} --batch-size {OPERATIONAL.features_batch_size}"
@@ -32,14 +32,14 @@ rule extract_vision_features:
 use rule extract_vision_features as extract_vision_features_variant with:
     output:
         f"{RESULTS}/features/{{dataset}}/vision_{{preprocessing}}.safetensors",
+    log:
+        log_path("extract_vision_features", "{dataset}_{preprocessing}"),
+    wildcard_constraints:
+        preprocessing="pad|square",
     params:
         vision=as_json(vision_spec()),
         preprocessing=lambda wc: wc.preprocessing + exif_transpose_flag(),
         device=DEVICE,
-    wildcard_constraints:
-        preprocessing="pad|square",
-    log:
-        log_path("extract_vision_features", "{dataset}_{preprocessing}"),
 
 
 rule extract_features:
@@ -51,16 +51,16 @@ rule extract_features:
     output:
         train=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/train.safetensors",
         test=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/test.safetensors",
-    params:
-        device=DEVICE,
+    log:
+        log_path("extract_features", "{dataset}", "{setting}", "seed{seed}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
     # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
         gpu=1,
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("extract_features", "{dataset}", "{setting}", "seed{seed}"),
+    params:
+        device=DEVICE,
     shell:
         "projection-probe extract-features --model $(dirname {input.model}) --vision-cache {input.cache}"
         " --manifest {input.manifest} --classes {input.classes} --device {params.device}"

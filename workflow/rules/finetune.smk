@@ -9,6 +9,14 @@ rule finetune:
         cache=setting_vision_cache,
     output:
         f"{RESULTS}/models/{{dataset}}/{{setting}}/seed{{seed}}/facade.json",
+    log:
+        log_path("finetune", "{dataset}", "{setting}", "seed{seed}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        # One job, all of its GPUs: a 2-GPU fine-tune is one Slurm job that launches accelerate.
+        gpu=lambda wc: finetune_params(wc.setting)["num_gpus"],
     params:
         launcher=lambda wc: finetune_launcher(wc.setting),
         # Result keys only: the checkpoint interval and the data-loader workers come from OPERATIONAL.
@@ -16,17 +24,12 @@ rule finetune:
         optim=lambda wc: shlex.quote(str(finetune_params(wc.setting)["optim"])),
         max_examples=lambda wc: optional_int(finetune_params(wc.setting)["max_examples"]),
         bf16=lambda wc: "--bf16" if finetune_params(wc.setting)["bf16"] else "--no-bf16",
-        checkpointing=lambda wc: ("--gradient-checkpointing" if finetune_params(wc.setting)["gradient_checkpointing"]
-                                  else "--no-gradient-checkpointing"),
+        checkpointing=lambda wc: (
+            "--gradient-checkpointing"
+            if finetune_params(wc.setting)["gradient_checkpointing"]
+            else "--no-gradient-checkpointing"
+        ),
         remote_code=remote_code_flag(),
-    threads: THREADS
-    resources:
-        # One job, all of its GPUs: a 2-GPU fine-tune is one Slurm job that launches accelerate.
-        gpu=lambda wc: finetune_params(wc.setting)["num_gpus"],
-    conda:
-        CONDA_ENV
-    log:
-        log_path("finetune", "{dataset}", "{setting}", "seed{seed}"),
     shell:
         "{params.launcher} finetune --base-model $(dirname {input.base}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --setting {params.hp[kind]} --lr {params.hp[lr]}"

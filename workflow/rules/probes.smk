@@ -9,16 +9,16 @@ rule train_probe_post:
     output:
         predictions=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.csv",
         summary=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
+    log:
+        log_path("train_probe_post", "{dataset}", "{setting}", "seed{seed}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
     params:
         args=probe_args("post"),
         feature=config_value("probes.post.feature", "post"),
         device=DEVICE,
         f1_classes=config_value("metrics.f1_classes", "true"),
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("train_probe_post", "{dataset}", "{setting}", "seed{seed}"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"
         " --feature {params.feature} {params.args} --seed {wildcards.seed} --device {params.device}"
@@ -35,16 +35,16 @@ rule train_probe_image_only:
     output:
         predictions=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.csv",
         summary=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.json",
+    log:
+        log_path("train_probe_image_only", "{dataset}", "seed{seed}"),
+    conda:
+        CONDA_ENV
+    threads: THREADS
     params:
         args=probe_args("image_only"),
         feature=config_value("probes.image_only.feature", "pooled"),
         device=DEVICE,
         f1_classes=config_value("metrics.f1_classes", "true"),
-    threads: THREADS
-    conda:
-        CONDA_ENV
-    log:
-        log_path("train_probe_image_only", "{dataset}", "seed{seed}"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"
         " --feature {params.feature} {params.args} --seed {wildcards.seed} --device {params.device}"
