@@ -46,15 +46,11 @@ def reference_decode(facade, inputs, x_v, steps, pick, stop_ids=(), row_ended=la
         with torch.no_grad():
             logits = facade.logits(grown, x_v)[:, -1].float()
         next_ids = pick(logits, kept)
-        for row in range(rows):
-            if done[row]:
-                continue
+        for row in [r for r in range(rows) if not done[r]]:
             tok = int(next_ids[row])
-            if tok in stop_ids:
-                done[row] = True
-                continue
-            kept[row].append(tok)
-            done[row] = row_ended(kept[row])
+            stopped = tok in stop_ids  # a stop token ends the row and is not kept
+            kept[row] += [] if stopped else [tok]
+            done[row] = stopped or row_ended(kept[row])
         if all(done):
             break
     return kept
