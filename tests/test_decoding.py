@@ -98,3 +98,42 @@ def test_constrained_decoding_equals_the_recomputed_reference(facade, batch):
     assert chosen == [sequences[tuple(t)] for t in tokens]
     # Rows end at different steps, so rows that finished early ride along while others decode.
     assert len({len(facade.answer_token_ids(label)) for label in chosen}) > 1
+
+
+class LMWithoutLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no `logits_to_keep`: the facade must not pass it one."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+        self.generation_config = lm.generation_config
+
+    def get_input_embeddings(self):
+        return self.lm.get_input_embeddings()
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, labels=None,
+                past_key_values=None, use_cache=None):
+        return self.lm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                       position_ids=position_ids, labels=labels, past_key_values=past_key_values, use_cache=use_cache)
+
+
+def test_an_lm_without_logits_to_keep_gives_the_same_loss_and_answers(facade, batch):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from projection_probe.models.facade import MultimodalLM
+
+    inputs, x_v = batch
+    plain = MultimodalLM(facade.vision, facade.projector, LMWithoutLogitsToKeep(facade.language_model),
+                         facade.tokenizer, template=facade.template, image_token_id=facade.image_token_id).eval()
+    assert facade.lm_keeps_logits and not plain.lm_keeps_logits
+    with_answers = facade.build_inputs(PROMPTS[:2], answers=["dotted", "striped and banded"])
+    with torch.no_grad():
+        assert plain.loss(with_answers, x_v[:2]).item() == pytest.approx(facade.loss(with_answers, x_v[:2]).item(),
+                                                                         abs=1e-5)
+    assert plain.generate(inputs, x_v, max_new_tokens=4) == facade.generate(inputs, x_v, max_new_tokens=4)
+    # A peft wrapper's forward names no logits_to_keep but passes it on to the model it wraps.
+    lora = copy.deepcopy(facade)
+    lora.language_model = get_peft_model(lora.language_model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert lora.lm_keeps_logits
