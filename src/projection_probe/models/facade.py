@@ -8,6 +8,9 @@ same code as LLaVA-1.5-7B.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +45,11 @@ def answer_line_ended(text: str) -> bool:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     # Left padding must not shift positions: each row counts from its first real token.
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(lm_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(lm_class.forward).parameters
 
 
 def _cache_rows(past, rows: torch.Tensor):
@@ -100,6 +108,17 @@ class MultimodalLM(nn.Module):
     @property
     def eos_text(self) -> str:
         return self.tokenizer.eos_token or ""
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id that fills padding: the tokenizer's pad token, else its EOS. Padded positions are
+        never attended to nor scored, so the id does not change a result."""
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        if pad_id is None:
+            raise InputError(f"tokenizer {self.tokenizer.name_or_path} has neither a pad nor an EOS token to pad with")
+        return pad_id
 
     def _require_lm(self):
         if self.language_model is None or self.tokenizer is None:
@@ -170,11 +189,8 @@ class MultimodalLM(nn.Module):
             seqs.append(ids)
             label_seqs.append(labels)
         width = max(len(s) for s in seqs)
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id
         batch = len(seqs)
-        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)
         labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
         image_mask = torch.zeros((batch, width), dtype=torch.bool)
@@ -210,6 +226,14 @@ class MultimodalLM(nn.Module):
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask,
                                    position_ids=position_ids_from_mask(inputs.attention_mask), **kwargs), inputs
 
+    @property
+    def lm_keeps_logits(self) -> bool:
+        """Whether the language model's forward takes `logits_to_keep` (running its head only at the
+        positions asked for). A peft wrapper passes it on to the model it wraps."""
+        lm = self.language_model
+        base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+        return _forward_takes_logits_to_keep(type(base))
+
     def logits(self, inputs: ModelInputs, x_v: torch.Tensor) -> torch.Tensor:
         out, _ = self._lm_forward(inputs, x_v)
         return out.logits
@@ -223,12 +247,11 @@ class MultimodalLM(nn.Module):
             raise ValueError("loss needs inputs built with answers")
         labels = inputs.labels.to(self.device)
         targets = labels[:, 1:]  # position k predicts token k + 1
-        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        try:
-            out, _ = self._lm_forward(inputs, x_v, logits_to_keep=keep)
-        except TypeError:  # an LM whose forward has no logits_to_keep: full logits and its own loss
+        if not self.lm_keeps_logits:  # full logits and the LM's own loss
             out, _ = self._lm_forward(inputs, x_v, labels=labels)
             return out.loss
+        keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        out, _ = self._lm_forward(inputs, x_v, logits_to_keep=keep)
         logits = out.logits.float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1),
                                ignore_index=IGNORE_INDEX)
@@ -252,7 +275,8 @@ class MultimodalLM(nn.Module):
         return ids
 
     def _prefill(self, inputs: ModelInputs, x_v: torch.Tensor):
-        out, moved = self._lm_forward(inputs, x_v, use_cache=True, logits_to_keep=1)
+        keep = {"logits_to_keep": 1} if self.lm_keeps_logits else {}
+        out, moved = self._lm_forward(inputs, x_v, use_cache=True, **keep)
         return out.logits[:, -1].float(), out.past_key_values, moved
 
     @torch.inference_mode()
@@ -278,15 +302,31 @@ class MultimodalLM(nn.Module):
 
     def _greedy(self, inputs, x_v, max_new_tokens, stop_at_newline, temperature: float = 0.0,
                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Free-text decoding: a stop token ends a row and is not kept; with `stop_at_newline`, so
+        does the end of the answer line."""
+        line_ended = (lambda tokens: answer_line_ended(self.tokenizer.decode(tokens))) if stop_at_newline else None
+        return self._decode(inputs, x_v, max_new_tokens, self._stop_token_ids(), line_ended,
+                            temperature=temperature, generator=generator)
+
+    def _decode(self, inputs: ModelInputs, x_v: torch.Tensor, max_new_tokens: int, stop_ids: set[int],
+                row_ended: Callable[[list[int]], bool] | None = None,
+                logits_hook: Callable[[torch.Tensor, list[list[int]]], torch.Tensor] | None = None,
+                temperature: float = 0.0, generator: torch.Generator | None = None) -> list[list[int]]:
+        """The one decoding loop: a KV-cached, left-padded batch, greedy or sampled at `temperature`.
+
+        Each step, `logits_hook` (if any) gets the B×V next-token logits and the tokens generated so
+        far per row, and returns the logits to pick from (constrained decoding masks them). A row
+        ends at a token in `stop_ids` (not kept) or once `row_ended` holds for its kept tokens;
+        ended rows feed padding that no later position attends to. Returns the kept tokens per row."""
         logits, past, moved = self._prefill(inputs, x_v)
         attention_mask = moved.attention_mask
         positions = position_ids_from_mask(attention_mask)[:, -1:]
-        stop_ids = self._stop_token_ids()
         batch = logits.shape[0]
         generated: list[list[int]] = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for step in range(max_new_tokens):
+            if logits_hook is not None:
+                logits = logits_hook(logits, generated)
             if temperature > 0:
                 probs = torch.softmax(logits.cpu() / temperature, -1)
                 next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -300,11 +340,11 @@ class MultimodalLM(nn.Module):
                     done[row] = True
                     continue
                 generated[row].append(tok)
-                if stop_at_newline and answer_line_ended(self.tokenizer.decode(generated[row])):
+                if row_ended is not None and row_ended(generated[row]):
                     done[row] = True
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
+            next_ids = torch.where(done, torch.full_like(next_ids, self.pad_token_id), next_ids)
             attention_mask = torch.cat([attention_mask, (~done).long().unsqueeze(1).to(attention_mask.device)], 1)
             positions = positions + 1
             out = self.language_model(input_ids=next_ids.unsqueeze(1).to(self.device), attention_mask=attention_mask,
@@ -327,8 +367,7 @@ class MultimodalLM(nn.Module):
                              f"positive integer, got {chunk_size}")
         candidates = [self.answer_token_ids(label) for label in labels]
         k, width = len(candidates), max(len(c) for c in candidates)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        cont = torch.full((k, width), pad_id, dtype=torch.long)
+        cont = torch.full((k, width), self.pad_token_id, dtype=torch.long)
         cont_mask = torch.zeros((k, width), dtype=torch.long)
         for i, c in enumerate(candidates):
             cont[i, :len(c)] = torch.tensor(c)
@@ -374,7 +413,7 @@ class MultimodalLM(nn.Module):
         def allowed(logits, generated):
             masked = torch.full_like(logits, float("-inf"))
             for row, prefix in enumerate(generated):
-                nxt = None if prefix is None else trie.get(tuple(prefix))
+                nxt = trie.get(tuple(prefix))
                 if nxt:
                     idx = torch.tensor(sorted(nxt), device=logits.device)
                     masked[row, idx] = logits[row, idx]
@@ -384,27 +423,6 @@ class MultimodalLM(nn.Module):
 
         # Stop tokens are part of the label sequences here, so each row ends where it completes one.
         longest = max(len(s) for s in sequences.values())
-        return self._greedy_constrained(inputs, x_v, longest, allowed, complete)
-
-    def _greedy_constrained(self, inputs, x_v, max_steps, allowed_fn, complete) -> list[str]:
-        logits, past, moved = self._prefill(inputs, x_v)
-        attention_mask = moved.attention_mask
-        positions = position_ids_from_mask(attention_mask)[:, -1:]
-        batch = logits.shape[0]
-        generated: list[list[int]] = [[] for _ in range(batch)]
-        result: list[str | None] = [None] * batch
-        for _ in range(max_steps):
-            next_ids = allowed_fn(logits, [g if result[r] is None else None for r, g in enumerate(generated)]
-                                  ).argmax(-1).cpu()
-            for row in range(batch):
-                if result[row] is None:
-                    generated[row].append(int(next_ids[row]))
-                    result[row] = complete.get(tuple(generated[row]))
-            if all(r is not None for r in result):
-                break
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], 1)
-            positions = positions + 1
-            out = self.language_model(input_ids=next_ids.unsqueeze(1).to(self.device), attention_mask=attention_mask,
-                                      position_ids=positions, past_key_values=past, use_cache=True)
-            logits, past = out.logits[:, -1].float(), out.past_key_values
-        return [r if r is not None else "" for r in result]
+        tokens = self._decode(inputs, x_v, longest, stop_ids=set(), row_ended=lambda t: tuple(t) in complete,
+                              logits_hook=allowed)
+        return [complete.get(tuple(t), "") for t in tokens]
