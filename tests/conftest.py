@@ -36,6 +36,17 @@ if os.environ.get("PATH", "").split(os.pathsep)[:1] != [_BIN]:
     os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Undo what a test left in os.environ (a benchmark's main() run in-process sets TQDM_DISABLE),
+    so that it never reaches the CLIs that later tests start: the kill tests wait for progress bars."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def workflow_failure(workdir: Path, what: str, done: subprocess.CompletedProcess) -> str:
     """Snakemake's own output tail plus the tail of every job log that reports an error."""
     parts = [f"shared workflow run '{what}' failed (exit {done.returncode}) in {workdir}",
