@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-exec python -m pytest -ra "$@"
+# Two workers: one core idles in single-process tests and while the Slurm plugin polls. loadgroup
+# keeps the tests of each shared workflow run on one worker (tests/conftest.py).
+exec python -m pytest -ra -n 2 --dist loadgroup "$@"

@@ -4,7 +4,8 @@
 - `micro_run`: the full micro config (2 datasets × 2 seeds × 4 settings × 3 modes) with its report.
 - `analysis_run`: a reduced micro config with the analyses beyond the paper switched on.
 
-Every test that only reads a finished run reads these; a test that changes files works on a copy
+Every test that only reads a finished run reads these (under pytest-xdist, on one worker: see
+SHARED_RUN_GROUPS); a test that changes files works on a copy
 (`copy_run`). Each pytest process starts its runs in its own fresh temporary folder, so a run left
 half-done by an interrupted session is never reused. A run that fails makes every test that needs it
 fail with the run's own log tail (pytest caches a session fixture's failure), not with a cascade of
@@ -34,6 +35,20 @@ from projection_probe.testing.micro import (
 _BIN = str(Path(sys.executable).parent)
 if os.environ.get("PATH", "").split(os.pathsep)[:1] != [_BIN]:
     os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
+
+# With pytest-xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs the suite), every test that reads
+# a shared run goes to the same worker, so that each run still happens once per session; the Slurm
+# tests go with the micro run, which they compare with, and so only one worker starts a cluster.
+SHARED_RUN_GROUPS = {"micro_run": "micro_run", "slurm_cluster": "micro_run", "analysis_run": "analysis_run"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = next((g for fixture, g in SHARED_RUN_GROUPS.items() if fixture in item.fixturenames), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
