@@ -1,7 +1,7 @@
 """Helpers for the Slurm integration tests (tests/test_slurm_integration.py).
 
 They start a real single-node Slurm cluster (.ci/slurm/start.sh: munge, MariaDB, slurmdbd,
-slurmctld, slurmd with fake "a100" GPUs: SLURM_JOB_SLOTS of them), run Snakemake through a copy of
+slurmctld, slurmd with two fake "a100" GPUs), run Snakemake through a copy of
 profiles/slurm/config.yaml adapted to that cluster, and read back from Slurm's accounting
 database (sacct) which rules went through sbatch and what they requested.
 
@@ -49,9 +49,6 @@ ACCOUNT = "ml"
 GPU_TYPE = "a100"
 
 REQUIRED_BINARIES = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct", "sacctmgr")
-
-# Jobs in flight at once, and the CI node's CPUs and fake GPUs (see slurm_cluster).
-SLURM_JOB_SLOTS = 8
 
 # Job-level states that mean "ran to the end without error".
 OK_STATES = {"COMPLETED"}
@@ -150,11 +147,6 @@ def slurm_cluster():
         keep = os.environ.get("PP_KEEP_SLURM_STATE") == "1"
     already_running = _cluster_running(state_dir)
     env = dict(os.environ, SLURM_CONF=str(state_dir / "etc" / "slurm.conf"))
-    # Eight job slots and eight fake GPUs on the CI node, oversubscribing its cores: the micro workflow's
-    # jobs are mostly process start-up, and the plugin polls job states at growing intervals, so with
-    # two slots the run waited on polls more than it computed.
-    env.setdefault("PP_SLURM_CPUS", str(SLURM_JOB_SLOTS))
-    env.setdefault("PP_SLURM_NGPUS", str(SLURM_JOB_SLOTS))
     proc = subprocess.run(
         ["bash", str(CI_SLURM / "start.sh"), str(state_dir)],
         env=env, capture_output=True, text=True, timeout=600,
@@ -215,7 +207,7 @@ def make_test_profile(tmp_dir: Path, *, gpu_model: str | None = GPU_TYPE) -> Pat
     test["set-resources"] = set_resources
     test["set-threads"] = {rule: 1 for rule in (profile.get("set-threads") or {})}
     test.update({
-        "jobs": SLURM_JOB_SLOTS,
+        "jobs": 4,
         "local-cores": 1,
         "retries": 0,
         "keep-going": False,
