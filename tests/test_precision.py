@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from test_export import compare_logits
-from test_train import TINY, KillAfterStep, make_llava_base, write_training_inputs
+from test_train import TINY, KillAfterStep, llava_training_setup
 from transformers import TrainerCallback
 
 from projection_probe.features.cache import load_vision_cache
@@ -50,11 +50,7 @@ class RecordPrecision(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    base = make_llava_base(root)
-    facade = load_facade(base)
-    prompts, cache = write_training_inputs(root / "data", facade.num_image_tokens, facade.vision.hidden_size)
-    return root, base, prompts, cache
+    return llava_training_setup(tmp_path_factory.mktemp("precision"))
 
 
 @pytest.fixture(scope="module")

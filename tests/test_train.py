@@ -64,13 +64,17 @@ def make_llava_base(folder: Path) -> Path:
     return folder / "base"
 
 
-@pytest.fixture(scope="module")
-def llava_setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
+def llava_training_setup(root: Path):
+    """A tiny LLaVA base model folder and training inputs (prompts, X_v cache) under `root`."""
     base = make_llava_base(root)
     facade = load_facade(base)
     prompts, cache = write_training_inputs(root / "data", facade.num_image_tokens, facade.vision.hidden_size)
     return root, base, prompts, cache
+
+
+@pytest.fixture(scope="module")
+def llava_setup(tmp_path_factory):
+    return llava_training_setup(tmp_path_factory.mktemp("train"))
 
 
 def logits_of(facade, prompts_path, cache_path, n=2):
