@@ -4,11 +4,11 @@ Every number in the tables and the figure is recomputed here from a predictions 
 (``image_path,label,raw,parsed,valid,mode``), never copied from a run's own summary, so that a reader
 can check any cell against the per-image file it came from.
 
-A run is described by a dict with exactly these keys (the ``aggregate --runs-json`` file is a JSON
-list of them)::
+A run is described by a dict with exactly these keys (``aggregate --runs`` takes a JSON list of them,
+as the workflow's `aggregate` rule passes it; ``--runs-json`` reads the same list from a file)::
 
     {"dataset": "dtd", "setting": "ft-proj", "seed": 0, "method": "mllm",
-     "predictions": "results/predictions/dtd/ft-proj/seed0.csv",
+     "predictions": "results/predictions/dtd/ft-proj/generate/seed0.csv",
      "classes": "results/data/dtd/classes.json"}
 
 ``method`` is one of :data:`METHODS`. Methods that do not depend on a fine-tuning setting (random,
