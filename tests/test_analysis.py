@@ -18,6 +18,8 @@ from projection_probe.analysis.similarity import linear_cka, mutual_knn
 from projection_probe.analysis.stats import bootstrap_ci, claims_table, paired_t_p, sign_flip_p
 from projection_probe.testing.micro import ANALYSES, MICRO_CONFIG, snakemake_command
 
+from doc_paths import missing_doc_paths
+
 
 # ---------------------------------------------------------------- similarity
 def _rep(n=40, d=12, seed=0):
@@ -261,3 +263,11 @@ def test_rule_all_includes_the_enabled_analyses(analysis_run):
     listed = subprocess.run(_command(workdir, "all", "-n", "--forceall"), capture_output=True, text=True)
     jobs = set(re.findall(r"^(?:local)?rule (\w+):", listed.stdout, flags=re.M))
     assert {"analysis_claims", "analysis_layerwise_report", "make_tables"} <= jobs, jobs
+
+
+@slow
+def test_every_analysis_output_the_docs_name_exists(analysis_run):
+    """The analyses' output paths that README.md and docs/ name exist in the analysis run (the other
+    paths: tests/test_workflow_e2e.py)."""
+    missing = missing_doc_paths(analysis_run, analyses=True)
+    assert not missing, "analysis outputs named in the docs that do not exist:\n" + "\n".join(missing)

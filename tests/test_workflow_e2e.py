@@ -18,6 +18,8 @@ from sklearn.metrics import f1_score
 
 from projection_probe.testing.micro import snakemake_command
 
+from doc_paths import missing_doc_paths
+
 pytestmark = pytest.mark.slow
 
 
@@ -176,39 +178,10 @@ def test_cpu_benchmarks_run_on_the_workflow_outputs(micro_run, tmp_path):
     assert json.loads((tmp_path / "extract.json").read_text())["results"]
 
 
-# Top-level entries of the repository: a backticked token that starts with one of them is a path in it.
-REPO_ENTRIES = ("src/", "tests/", "docs/", "config/", "workflow/", "profiles/", "benchmarks/", "scripts/",
-                "resources/", "envs/", ".ci/", "Snakefile", "pyproject.toml")
-
-
-def expand_braces(token: str) -> list[str]:
-    """`table{1,2,3}.{csv,md}` → the six names; `{dataset}` (no comma) and `<name>` become `*`."""
-    token = re.sub(r"<[^<>]+>", "*", token)
-    match = re.search(r"\{([^{}]*)\}", token)
-    if not match:
-        return [token]
-    options = match.group(1).split(",") if "," in match.group(1) else ["*"]
-    return [x for o in options for x in expand_braces(token[:match.start()] + o + token[match.end():])]
-
 
 def test_every_path_the_readme_and_docs_name_exists(micro_run):
-    """Backticked repository paths in README.md and docs/ exist in the repository; `results/...` paths
-    (patterns allowed) exist in a finished micro run, whose layout is the demo's; package-relative
-    module paths (`evaluate/parse.py`) exist under src/projection_probe/."""
-    from projection_probe.testing.micro import REPO_ROOT as repo
-
-    missing = []
-    for doc in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]:
-        for token in re.findall(r"`([^`\s]+)`", doc.read_text()):
-            token = token.rstrip(".,:;)").split("::")[0]
-            if token.startswith(REPO_ENTRIES):
-                root = repo
-            elif token.startswith("results/"):
-                root = micro_run
-            elif token.endswith(".py") and (repo / "src" / "projection_probe" / token.split("/")[0]).is_dir():
-                root = repo / "src" / "projection_probe"
-            else:
-                continue
-            if not any(list(root.glob(p.rstrip("/"))) for p in expand_braces(token)):
-                missing.append(f"{doc.relative_to(repo)}: `{token}`")
+    """Backticked repository paths in README.md and docs/ exist; `results/...` paths (patterns allowed)
+    exist in a finished micro run, whose layout is the demo's (the analyses' outputs are checked
+    against the analysis run, in tests/test_analysis.py)."""
+    missing = missing_doc_paths(micro_run, analyses=False)
     assert not missing, "paths named in the docs that do not exist:\n" + "\n".join(missing)
