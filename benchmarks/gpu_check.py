@@ -231,6 +231,7 @@ def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, de
     import torch
     from transformers import TrainerCallback
 
+    from projection_probe.hyperparams import FinetuneHyperparams
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples
     from projection_probe.train.finetune import count_parameters, prepare_for_training, train_facade
 
@@ -247,17 +248,18 @@ def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, de
             self.seconds.append(time.perf_counter() - self.start)
 
     batch = hp["per_device_batch"]
-    prepare_for_training(facade, setting, model_dtype)
+    # One GPU, no accumulation: each optimizer step is one per-device batch, the unit of the paper's runs.
+    training = FinetuneHyperparams(lr=hp["lr"], effective_batch=batch, per_device_batch=batch, epochs=1,
+                                   warmup_ratio=0.0, seed=0, bf16=finetune_cfg["bf16"],
+                                   gradient_checkpointing=finetune_cfg["gradient_checkpointing"],
+                                   checkpoint_every_steps=None, model_dtype=model_dtype,
+                                   **({"optim": finetune_cfg["optim"]} if "optim" in finetune_cfg else {}))
+    prepare_for_training(facade, setting, training)
     examples = read_train_examples(prompts_file)[:(steps + 1) * batch]
     dataset = CachedFeatureDataset(examples, cache)
     timer = StepTimer()
     reset_peak(device)
-    # One GPU, no accumulation: each optimizer step is one per-device batch, the unit of the paper's runs.
-    trainer, log = train_facade(facade, dataset, work / f"{setting}.work", lr=hp["lr"], effective_batch=batch,
-                                per_device_batch=batch, epochs=1, warmup_ratio=0.0, seed=0,
-                                bf16=finetune_cfg["bf16"],
-                                gradient_checkpointing=finetune_cfg["gradient_checkpointing"],
-                                optim=finetune_cfg.get("optim", "adamw_torch"), callbacks=[timer])
+    trainer, log = train_facade(facade, dataset, work / f"{setting}.work", training, callbacks=[timer])
     peak = peak_gib(device)
     trainable = count_parameters(facade)
     del trainer

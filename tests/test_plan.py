@@ -31,7 +31,8 @@ def measured_state(base, setting: str, options: dict, tmp_path) -> dict:
     x_v = torch.randn(1, facade.num_image_tokens, facade.vision.hidden_size)
     facade.vision = None
     facade.projector.float()
-    configure_trainable(facade, setting, options["lora_r"], options["lora_alpha"], options["lora_dropout"])
+    configure_trainable(facade, setting, lora_r=options["lora_r"], lora_alpha=options["lora_alpha"],
+                        lora_dropout=options["lora_dropout"])
     trainable = [p for p in facade.parameters() if p.requires_grad]
     args = TrainingArguments(output_dir=str(tmp_path), optim=options["optim"], use_cpu=True, report_to="none")
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, facade)

@@ -7,6 +7,14 @@ from types import SimpleNamespace
 
 from snakemake.utils import validate
 
+from projection_probe.hyperparams import (
+    ClassifyHyperparams,
+    FinetuneHyperparams,
+    FinetuneLaunch,
+    ProbeHyperparams,
+    defaults,
+)
+
 # `--config 'seeds=[0,1]'` reaches the config as ['0', '1']: Snakemake parses command-line values with
 # PyYAML's BaseLoader, which keeps every scalar a string. Digit strings become integers again so the
 # command line means what the same list in a config file means; anything else is left for the schema
@@ -57,30 +65,37 @@ if MODEL["loader"] == "parts":
             _fail(f"align.datasets names {name!r}, which is not under datasets")
 
 
+# The defaults of a fine-tune's options: those of src/projection_probe/hyperparams.py, and the model's
+# template. In this order: params.hp's value (with its key order) is what Snakemake compares, so a
+# finished run keeps its recorded params.
+FINETUNE_DEFAULTS = {**defaults(FinetuneHyperparams), **defaults(FinetuneLaunch), "template": TEMPLATE}
+FINETUNE_DEFAULT_KEYS = (
+    "epochs",
+    "warmup_ratio",
+    "weight_decay",
+    "lr_scheduler",
+    "max_grad_norm",
+    "bf16",
+    "gradient_checkpointing",
+    "checkpoint_every_steps",
+    "num_gpus",
+    "optim",
+    "accelerate_config",
+    "max_examples",
+    "model_dtype",
+    "projector_lr",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "template",
+)
+
+
 def finetune_params(setting):
     """One setting's training options: its own keys over the `finetune` section over the defaults.
     Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's DeepSpeed
     runs do; pure-bf16 weights lose most updates at lr 2e-5."""
-    merged = {
-        "epochs": 1,
-        "warmup_ratio": 0.03,
-        "weight_decay": 0.0,
-        "lr_scheduler": "cosine",
-        "max_grad_norm": 0.0,
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "checkpoint_every_steps": 50,
-        "num_gpus": 1,
-        "optim": "adamw_torch",
-        "accelerate_config": None,
-        "max_examples": None,
-        "model_dtype": "float32",
-        "projector_lr": 2e-5,
-        "lora_r": 128,
-        "lora_alpha": 256,
-        "lora_dropout": 0.05,
-        "template": TEMPLATE,
-    }
+    merged = {key: FINETUNE_DEFAULTS[key] for key in FINETUNE_DEFAULT_KEYS}
     merged.update(config_value("finetune", {}))
     merged.update(config["settings"][setting])
     return merged
@@ -108,7 +123,7 @@ if MODEL["loader"] == "parts" and config_value("align.effective_batch", 0) % con
 # not from params, so that changing one reruns nothing; every CLI writes its command line, and with it
 # these values, into the job's log.
 OPERATIONAL = SimpleNamespace(
-    classify_batch_size=config_value("classify.batch_size", 16),
+    classify_batch_size=config_value("classify.batch_size", ClassifyHyperparams.batch_size),
     # Unset: the CLI's default.
     label_chunk_option=(
         f"--label-chunk-size {config_value('classify.label_chunk_size')}"
@@ -117,7 +132,7 @@ OPERATIONAL = SimpleNamespace(
     ),
     features_batch_size=config_value("features.batch_size", 32),
     num_workers=config_value("features.num_workers", 0),
-    checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", 50),
+    checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", FINETUNE_DEFAULTS["checkpoint_every_steps"]),
     zero_shot_batch_size=config_value("baselines.encoder_zero_shot.batch_size", 32),
     layer_batch_size=config_value("analyses.layerwise.batch_size", 8),
 )
@@ -329,6 +344,10 @@ def optional_int(value):
 
 
 # ---------------------------------------------------------------- classify
+def classify_temperature():
+    return config_value("classify.temperature", ClassifyHyperparams.temperature)
+
+
 def generation_args(mode):
     """The options only free-text generation reads, so that only `generate` jobs rerun when they
     change. `exact` reads the whole answer as the authors did, so it does not stop at a newline."""
@@ -338,10 +357,10 @@ def generation_args(mode):
     # `auto`: the CLI derives the bound from the dataset's tokenized classes.
     if classify_max_new_tokens() != "auto":
         args.append(f"--max-new-tokens {classify_max_new_tokens()}")
-    args.append(f"--temperature {config_value('classify.temperature', 0.0)}")
-    if config_value("classify.parser", "substring") == "exact":
+    args.append(f"--temperature {classify_temperature()}")
+    if config_value("classify.parser", ClassifyHyperparams.parser) == "exact":
         args.append("--parser exact --no-stop-at-newline")
-    if config_value("classify.several_classes", "invalid") == "first":
+    if config_value("classify.several_classes", ClassifyHyperparams.several_classes) == "first":
         args.append("--several-classes first")
     return " ".join(args)
 
@@ -349,7 +368,7 @@ def generation_args(mode):
 def sampling_batch_size(mode):
     """Sampled answers (temperature > 0) depend on how the records are batched, one random generator
     per batch, so the batch size is then a result of `generate` jobs; greedy answers do not."""
-    if mode == "generate" and config_value("classify.temperature", 0.0) > 0:
+    if mode == "generate" and classify_temperature() > 0:
         return OPERATIONAL.classify_batch_size
     return None
 
@@ -363,8 +382,8 @@ def probe_args(kind):
         f" --val-source {p['val_source']}"
     )
     # Flags only when set, so that configs without these keys keep their params (and their results).
-    args += " --standardize" if p.get("standardize") else ""
-    return args + ("" if p.get("restore_best", True) else " --last-epoch")
+    args += " --standardize" if p.get("standardize", ProbeHyperparams.standardize) else ""
+    return args + ("" if p.get("restore_best", ProbeHyperparams.restore_best) else " --last-epoch")
 
 
 # ---------------------------------------------------------------- baselines

@@ -17,6 +17,7 @@ layer (-1 for pre/post), task (real|control), macro_f1, accuracy, n_train, n_tes
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 
@@ -24,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 from projection_probe.analysis.control import control_labels
+from projection_probe.hyperparams import ProbeHyperparams
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
 
 PROBE_COLUMNS = ["dataset", "setting", "seed", "analysis", "family", "representation", "pooling", "layer", "task",
                  "macro_f1", "accuracy", "n_train", "n_test"]
-MLP_KEYS = ("hidden", "lr", "batch_size", "max_epochs", "patience", "val_fraction", "val_source", "standardize",
-            "restore_best")
+# The MLP probe's hyperparameters that an --mlp spec may set; the seed is the analysis's own.
+MLP_KEYS = tuple(f.name for f in dataclasses.fields(ProbeHyperparams) if f.name != "seed")
 
 
 def score(y_true, y_pred) -> dict:

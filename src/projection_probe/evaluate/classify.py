@@ -17,15 +17,15 @@ import torch
 from tqdm import tqdm
 
 from projection_probe.evaluate.parse import PARSERS, SEVERAL_CLASSES, read_answer
+from projection_probe.hyperparams import ClassifyHyperparams, with_fields
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
 
 MODES = ("generate", "constrained", "likelihood")
-# (image, class) continuations per forward pass of `likelihood` mode. Each holds its own copy of the
-# prompt's KV cache (LLaVA-1.5-7B: 0.5 MB per token, about 0.5 GB per pair at ~950 tokens), so 16
-# pairs add about 8 GB there. It changes memory and speed, never the scores.
-LABEL_CHUNK_SIZE = 16
+# (image, class) continuations per forward pass of `likelihood` mode: memory and speed, never the
+# scores (the benchmarks and `plan` read it).
+LABEL_CHUNK_SIZE = ClassifyHyperparams.label_chunk_size
 
 
 # Room beyond the longest class's answer tokens (EOS included) for quotes or a period around it.
@@ -50,10 +50,12 @@ def resolve_max_new_tokens(facade, classes: list[str], configured: int | None) -
 
 
 def classify_records(facade, records: list[dict], cache, classes: list[str], mode: str = "generate",
-                     batch_size: int = 16, max_new_tokens: int | None = None, stop_at_newline: bool = True,
-                     temperature: float = 0.0, seed: int = 0, parser: str = "substring",
-                     several_classes: str = "invalid", label_chunk_size: int = LABEL_CHUNK_SIZE) -> pd.DataFrame:
-    """`max_new_tokens` None: derived from the classes (`resolve_max_new_tokens`)."""
+                     hp: ClassifyHyperparams | None = None, **fields) -> pd.DataFrame:
+    """Classify `records` in one mode with the settings `hp` (or its fields as keywords).
+    `max_new_tokens` None: derived from the classes (`resolve_max_new_tokens`)."""
+    hp = with_fields(ClassifyHyperparams, hp, fields)
+    batch_size, max_new_tokens, temperature, seed = hp.batch_size, hp.max_new_tokens, hp.temperature, hp.seed
+    parser, several_classes = hp.parser, hp.several_classes
     if mode not in MODES:
         raise InputError(f"classify.mode: unknown value {mode!r}; use one of {MODES}")
     if parser not in PARSERS:
@@ -78,7 +80,7 @@ def classify_records(facade, records: list[dict], cache, classes: list[str], mod
         inputs = facade.build_inputs(prompts)
         if mode == "generate":
             raws, cut_off = facade.generate_answers(inputs, x_v, max_new_tokens=max_new_tokens,
-                                                    stop_at_newline=stop_at_newline, temperature=temperature,
+                                                    stop_at_newline=hp.stop_at_newline, temperature=temperature,
                                                     generator=generator)
             parsed = [read_answer(raw, classes, parser, eos_strings, cut, several_classes)
                       for raw, cut in zip(raws, cut_off)]
@@ -86,7 +88,7 @@ def classify_records(facade, records: list[dict], cache, classes: list[str], mod
             raws = facade.constrained_generate(inputs, x_v, classes)
             parsed = [raw or None for raw in raws]
         else:
-            scores = facade.score_labels(inputs, x_v, classes, chunk_size=label_chunk_size)
+            scores = facade.score_labels(inputs, x_v, classes, chunk_size=hp.label_chunk_size)
             raws = [classes[int(i)] for i in scores.argmax(-1)]
             parsed = raws
         for record, raw, label in zip(batch, raws, parsed):

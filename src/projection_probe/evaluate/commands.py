@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from projection_probe.cli import add_threads_option, set_threads
+from projection_probe.hyperparams import PARSERS, SEVERAL_CLASSES, ClassifyHyperparams, add_options, from_args
 
-MODES = ("generate", "constrained", "likelihood")
-# Duplicated from evaluate.parse so that building the CLI imports nothing heavy; a test keeps them equal.
-PARSERS = ("substring", "exact")
-SEVERAL_CLASSES = ("invalid", "first")
+MODES = ("generate", "constrained", "likelihood")  # evaluate.classify.MODES, without importing torch
+__all__ = ["MODES", "PARSERS", "SEVERAL_CLASSES", "register"]
 
 
 def run_classify(args) -> None:
@@ -25,12 +24,8 @@ def run_classify(args) -> None:
                          trust_remote_code=args.trust_remote_code).eval()
     _, classes = read_classes_file(args.classes)
     records = test_records(args.prompts)
-    # Unset: classify_records' own default (LABEL_CHUNK_SIZE), so that the default lives in one place.
-    chunking = {} if args.label_chunk_size is None else {"label_chunk_size": args.label_chunk_size}
-    frame = classify_records(facade, records, load_vision_cache(args.vision_cache), classes, mode=args.mode,
-                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                             stop_at_newline=args.stop_at_newline, temperature=args.temperature, seed=args.seed,
-                             parser=args.parser, several_classes=args.several_classes, **chunking)
+    frame = classify_records(facade, records, load_vision_cache(args.vision_cache), classes, args.mode,
+                             from_args(ClassifyHyperparams, args))
     write_csv(args.out, frame)
 
 
@@ -41,22 +36,7 @@ def register(subparsers) -> None:
     p.add_argument("--vision-cache", required=True)
     p.add_argument("--classes", required=True, help="classes.json")
     p.add_argument("--mode", choices=MODES, default="generate")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="generate mode: default the longest class's answer tokens (EOS included) + 4")
-    p.add_argument("--stop-at-newline", action="store_true", default=True)
-    p.add_argument("--no-stop-at-newline", dest="stop_at_newline", action="store_false")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); the authors used 0.2")
-    p.add_argument("--parser", choices=PARSERS, default="substring",
-                   help="generate mode: substring = the documented parser (default); exact = no parser, the "
-                        "answer must equal a class string (the authors)")
-    p.add_argument("--several-classes", choices=SEVERAL_CLASSES, default="invalid",
-                   help="substring parser: an answer that names several classes is invalid (default), or reads "
-                        "as the class named first")
-    p.add_argument("--label-chunk-size", type=int, default=None,
-                   help="likelihood mode: (image, class) continuations per forward pass; bounds memory, never "
-                        "changes scores (default: LABEL_CHUNK_SIZE in evaluate/classify.py)")
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, ClassifyHyperparams)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add_threads_option(p)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from projection_probe.hyperparams import PARSERS, SEVERAL_CLASSES, ClassifyHyperparams
 from projection_probe.io import InputError
 
 DEFAULT_EOS_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
 
-# "substring": the documented rule of :func:`parse_label`. "exact": no parser, as the authors, who
-# compared outputs as they were: the answer (cut at EOS, outer whitespace stripped) must be a class
-# string, spelled exactly as pinned.
-PARSERS: tuple[str, ...] = ("substring", "exact")
-# An answer that names several classes: "invalid", or "first" = the class named first.
-SEVERAL_CLASSES: tuple[str, ...] = ("invalid", "first")
+# PARSERS: "substring" is the documented rule of :func:`parse_label`; "exact" is no parser, as the
+# authors, who compared outputs as they were: the answer (cut at EOS, outer whitespace stripped) must
+# be a class string, spelled exactly as pinned. SEVERAL_CLASSES: an answer that names several classes
+# is "invalid", or reads as the class named "first".
+DEFAULT_PARSER, DEFAULT_SEVERAL_CLASSES = ClassifyHyperparams.parser, ClassifyHyperparams.several_classes
 
 # Straight and typographic quotes, plus backticks: models wrap labels in all of them because the
 # prompt lists the classes in double quotes.
@@ -90,9 +90,9 @@ def parse_exact(raw: str | None, classes: Sequence[str],
     return text if text in set(classes) else None
 
 
-def read_answer(raw: str | None, classes: Sequence[str], parser: str = "substring",
+def read_answer(raw: str | None, classes: Sequence[str], parser: str = DEFAULT_PARSER,
                 eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS, cut_off: bool = False,
-                several_classes: str = "invalid") -> str | None:
+                several_classes: str = DEFAULT_SEVERAL_CLASSES) -> str | None:
     """Dispatch to the configured answer reader (config `classify.parser`)."""
     if parser == "substring":
         return parse_label(raw, classes, eos_strings, cut_off=cut_off, several_classes=several_classes)
@@ -125,7 +125,7 @@ def named_classes(text: str, lookup: dict[str, str]) -> list[str]:
 
 
 def parse_label(raw: str | None, classes: Sequence[str], eos_strings: Iterable[str] = DEFAULT_EOS_STRINGS,
-                cut_off: bool = False, several_classes: str = "invalid") -> str | None:
+                cut_off: bool = False, several_classes: str = DEFAULT_SEVERAL_CLASSES) -> str | None:
     """Return the class that ``raw`` names, in its pinned spelling from ``classes``, or None (invalid).
 
     Rules, in order:

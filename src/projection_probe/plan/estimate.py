@@ -9,7 +9,6 @@ output (`ASSUMPTIONS`).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from projection_probe.hyperparams import FinetuneHyperparams, FinetuneLaunch, LoraHyperparams, defaults
 from projection_probe.io import InputError, read_json
 
 GB = 1e9
@@ -89,19 +89,13 @@ def load_config(paths: list[str | Path]) -> dict:
 
 
 def finetune_cli_defaults() -> dict:
-    """The `finetune` subcommand's option defaults: what a setting gets for a key its config omits."""
-    from projection_probe.train.commands import register
-
-    subparsers = argparse.ArgumentParser().add_subparsers()
-    register(subparsers)
-    sub = subparsers.choices["finetune"]
-    return {a.dest: a.default for a in sub._actions if a.dest != "help"}
+    """The fine-tune's defaults (those of the `finetune` subcommand and the workflow's launcher): what a
+    setting gets for a key its config omits."""
+    return {**defaults(FinetuneLaunch), **defaults(FinetuneHyperparams)}
 
 
 def setting_options(config: dict, name: str, cli_defaults: dict) -> dict:
-    options = {"num_gpus": 1, "accelerate_config": None}
-    options.update({k: cli_defaults[k] for k in ("optim", "model_dtype", "bf16", "gradient_checkpointing",
-                                                  "lora_r", "lora_alpha", "lora_dropout")})
+    options = dict(cli_defaults)
     options.update(config.get("finetune") or {})
     options.update(config["settings"][name])
     return options
@@ -190,7 +184,7 @@ def training_state(llava_json: dict, setting: str, options: dict) -> TrainingSta
     facade = meta_facade(llava_json, MODEL_DTYPES[options["model_dtype"]])
     facade.vision = None
     facade.projector.float()
-    configure_trainable(facade, setting, options["lora_r"], options["lora_alpha"], options["lora_dropout"])
+    configure_trainable(facade, setting, **{k: options[k] for k in defaults(LoraHyperparams)})
     state = TrainingState()
     trainable = []
     for p in facade.parameters():

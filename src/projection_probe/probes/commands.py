@@ -1,12 +1,12 @@
 """CLI: ``train-probe`` (one MLP probe on one dataset/setting/seed's pooled features)."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
 from projection_probe.cli import add_threads_option, set_threads
+from projection_probe.hyperparams import ProbeHyperparams, add_options, from_args
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -15,17 +15,6 @@ log = logging.getLogger(__name__)
 # the vision patch features X_v (Table 3, the image-only MLP, default); `pooled` = the encoder's own
 # pooled vector (CLIP's pooler output), the alternative pre-projection vector for Table 3.
 FEATURE_KEYS = ("post", "pre", "pooled")
-
-
-def _hidden_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--hidden {text!r}: expected comma-separated integers, e.g. 2048,1024,256") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"--hidden {text!r}: layer sizes must be positive")
-    return sizes
 
 
 def register(subparsers) -> None:
@@ -40,19 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--feature", required=True, choices=FEATURE_KEYS,
                    help="post = mean-pooled post-projection H_v; pre = mean-pooled vision patch features; "
                         "pooled = the encoder's pooled vector (both image-only MLP inputs)")
-    p.add_argument("--hidden", type=_hidden_sizes, default=[2048, 1536, 1024, 512, 256],
-                   help="hidden layer sizes, comma-separated (default: the paper's post-projection MLP)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--val-source", choices=("split", "test"), default="split",
-                   help="split = stratified part of train (the paper); test = the test set (authors' code; leaks)")
-    p.add_argument("--standardize", action="store_true", help="z-score features with the fit rows' statistics")
-    p.add_argument("--last-epoch", action="store_true",
-                   help="keep the last epoch's weights instead of restoring the best epoch's (the authors' probe)")
-    p.add_argument("--seed", type=int, required=True)
+    add_options(p, ProbeHyperparams)
     add_threads_option(p)
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--f1-classes", choices=("true", "observed", "all"), default="true",
@@ -126,11 +103,8 @@ def run_train_probe(args) -> int:
         raise InputError(f"{args.train} has {x_train.shape[1]}-d {args.feature!r} features but {args.test} has "
                          f"{x_test.shape[1]}-d; they must come from the same model")
 
-    result = train_probe(
-        x_train, y_train, x_test, y_test, args.hidden, n_classes=len(classes), lr=args.lr,
-        batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
-        val_fraction=args.val_fraction, val_source=args.val_source, seed=args.seed,
-        standardize=args.standardize, restore_best=not args.last_epoch, device=device)
+    hp = from_args(ProbeHyperparams, args)
+    result = train_probe(x_train, y_train, x_test, y_test, hp, n_classes=len(classes), device=device)
 
     predicted = [classes[i] for i in result.predictions]
     truth = [classes[i] for i in y_test.tolist()]
@@ -143,10 +117,10 @@ def run_train_probe(args) -> int:
         "best_epoch": result.best_epoch, "val_loss": result.best_val_loss,
         "n_train": result.n_train, "n_val": result.n_val, "n_test": result.n_test,
         "val_source": args.val_source, "val_fraction": args.val_fraction if args.val_source == "split" else None,
-        "stratified_split": result.stratified, "hidden": args.hidden, "in_dim": int(x_train.shape[1]),
+        "stratified_split": result.stratified, "hidden": list(hp.hidden), "in_dim": int(x_train.shape[1]),
         "n_classes": len(classes), "n_parameters": result.model.n_parameters(), "lr": args.lr,
         "batch_size": args.batch_size, "max_epochs": args.max_epochs, "patience": args.patience,
-        "standardize": args.standardize, "restore_best": not args.last_epoch, "seed": args.seed, "device": str(device),
+        "standardize": args.standardize, "restore_best": hp.restore_best, "seed": args.seed, "device": str(device),
         "train_features": str(args.train), "test_features": str(args.test), "history": result.history,
     }
     write_csv(args.out_predictions, frame)

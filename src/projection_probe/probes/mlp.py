@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from projection_probe.hyperparams import ProbeHyperparams, with_fields
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,8 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classes: int | None = None,
-                lr: float = 1e-4, batch_size: int = 128, max_epochs: int = 200, patience: int = 10,
-                val_fraction: float = 0.1, val_source: str = "split", seed: int = 0,
-                standardize: bool = False, restore_best: bool = True,
-                device: str | torch.device = "cpu") -> ProbeResult:
+def train_probe(x_train, y_train, x_test, y_test, hp: ProbeHyperparams | None = None, *,
+                n_classes: int | None = None, device: str | torch.device = "cpu", **fields) -> ProbeResult:
     """Train an :class:`MLPProbe` and predict the test rows.
 
     ``n_classes`` defaults to ``max(label) + 1`` over train and test; pass the length of the class
@@ -182,8 +180,13 @@ def train_probe(x_train, y_train, x_test, y_test, hidden: list[int], *, n_classe
     the best so far; training stops after ``patience`` epochs without improvement or at
     ``max_epochs``, and the best epoch's weights are restored. ``restore_best=False`` keeps the
     last epoch's weights instead (the authors' probe: a fixed number of epochs, the last one kept);
-    ``best_epoch``/``best_val_loss`` then describe that last epoch.
+    ``best_epoch``/``best_val_loss`` then describe that last epoch. The hyperparameters are ``hp``,
+    or its fields as keywords.
     """
+    hp = with_fields(ProbeHyperparams, hp, fields)
+    hidden, lr, batch_size, max_epochs, patience = hp.hidden, hp.lr, hp.batch_size, hp.max_epochs, hp.patience
+    val_fraction, val_source, seed = hp.val_fraction, hp.val_source, hp.seed
+    standardize, restore_best = hp.standardize, hp.restore_best
     if val_source not in VAL_SOURCES:
         raise InputError(f"val_source={val_source!r}: must be one of {VAL_SOURCES}")
     if batch_size < 1 or max_epochs < 1 or patience < 1 or lr <= 0:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset
 
+from projection_probe.hyperparams import AlignHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,12 @@ def _relative_paths(spec: dict, out_dir: Path) -> dict:
 
 
 def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[str | Path],
-                    manifests: list[str | Path], out_dir: str | Path, lr: float = 1e-3, epochs: float = 1,
-                    effective_batch: int = 16, per_device_batch: int = 16, max_examples: int | None = None,
-                    seed: int = 0, template: str = "plain", output_template: str = "v1",
-                    caption_source: str = "imagenet_top1", projector_kind: str = "mlp2x_gelu",
-                    warmup_ratio: float = 0.03, weight_decay: float = 0.0, lr_scheduler: str = "cosine",
-                    max_grad_norm: float | None = None, bf16: bool = False, gradient_checkpointing: bool = False,
-                    checkpoint_every_steps: int | None = None, optim: str = "adamw_torch", num_workers: int = 0,
-                    callbacks: list | None = None) -> dict:
+                    manifests: list[str | Path], out_dir: str | Path, hp: AlignHyperparams | None = None, *,
+                    callbacks: list | None = None, **fields) -> dict:
     """Train a freshly initialised projector between a frozen vision encoder and a frozen LLM on
     captions of the train images of `vision_caches` (one manifest per cache picks the train split),
-    and publish `out_dir` as a base model folder. Returns the train log."""
+    and publish `out_dir` as a base model folder, with the hyperparameters `hp` (or its fields as
+    keywords: `effective_batch` and `per_device_batch` have no default). Returns the train log."""
     from accelerate import PartialState
     from transformers import set_seed
 
@@ -105,6 +101,8 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     from projection_probe.train.data import CachedFeatureDataset, TrainExample, stratified_subset
     from projection_probe.train.finetune import WORK_SUFFIX, configure_trainable, full_state_dict, train_facade
 
+    hp = with_fields(AlignHyperparams, hp, fields)
+    caption_source, template, output_template = hp.caption_source, hp.template, hp.output_template
     if caption_source not in CAPTION_SOURCES:
         raise InputError(f"caption_source {caption_source!r} is unknown; use one of {CAPTION_SOURCES}")
     if len(vision_caches) != len(manifests) or not vision_caches:
@@ -138,7 +136,7 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
         examples = [TrainExample(ALIGN_PROMPT, c, p, source) for p, c in zip(paths, captions)]
         examples_by_cache.append((cache, examples, cache_path))
     all_examples = [ex for _, exs, _ in examples_by_cache for ex in exs]
-    chosen = set(map(id, stratified_subset(all_examples, max_examples, seed)))
+    chosen = set(map(id, stratified_subset(all_examples, hp.max_examples, hp.seed)))
     for cache, examples, cache_path in examples_by_cache:
         kept = [ex for ex in examples if id(ex) in chosen]
         if kept:
@@ -150,8 +148,8 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     image_preprocessing = preprocessing.pop()
 
     language_model, tokenizer = load_causal_lm(llm_dir)
-    set_seed(seed)  # the projector's initialisation is part of the seeded run
-    projector = build_projector(projector_kind, vision.hidden_size, language_model.config.hidden_size)
+    set_seed(hp.seed)  # the projector's initialisation is part of the seeded run
+    projector = build_projector(hp.projector, vision.hidden_size, language_model.config.hidden_size)
     facade = MultimodalLM(None, projector, language_model, tokenizer, template=template,
                           num_image_tokens=vision.num_patches)
     in_features = vision.hidden_size
@@ -160,14 +158,10 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     captions_used = Counter(ex.answer for ds in datasets for ex in ds.examples)
     run_config = {"vision": vision_spec, "llm_dir": str(Path(llm_dir).resolve()),
                   "caches": [str(Path(c).resolve()) for c in vision_caches], "caption_source": caption_source,
-                  "template": template, "max_examples": max_examples, "projector": projector_kind}
-    trainer, train_log = train_facade(
-        facade, dataset, Path(str(out_dir) + WORK_SUFFIX), lr=lr, effective_batch=effective_batch,
-        per_device_batch=per_device_batch, epochs=epochs, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-        lr_scheduler=lr_scheduler, max_grad_norm=max_grad_norm, seed=seed, bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing, checkpoint_every_steps=checkpoint_every_steps,
-        optim=optim, num_workers=num_workers, run_config=run_config, callbacks=callbacks)
-    train_log.update(setting="align", seed=seed, lr=lr, caption_source=caption_source,
+                  "template": template, "max_examples": hp.max_examples, "projector": hp.projector}
+    trainer, train_log = train_facade(facade, dataset, Path(str(out_dir) + WORK_SUFFIX), hp, run_config=run_config,
+                                      callbacks=callbacks)
+    train_log.update(setting="align", seed=hp.seed, lr=hp.lr, caption_source=caption_source,
                      distinct_captions=len(captions_used), top_captions=captions_used.most_common(10))
 
     state = full_state_dict(trainer)
@@ -181,13 +175,14 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
                               if k.startswith("projector.")})
             spec = {"format_version": 1,
                     "vision": _relative_paths(vision_spec, out_dir),
-                    "projector": {"kind": projector_kind, "in_features": in_features,
+                    "projector": {"kind": hp.projector, "in_features": in_features,
                                   "out_features": language_model.config.hidden_size,
                                   "weights": "projector.safetensors"},
                     "language_model": {"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
                     "base": None, "template": output_template,
-                    "align": {"caption_source": caption_source, "template": template, "lr": lr, "epochs": epochs,
-                              "effective_batch": effective_batch, "seed": seed, "max_examples": max_examples,
+                    "align": {"caption_source": caption_source, "template": template, "lr": hp.lr, "epochs": hp.epochs,
+                              "effective_batch": hp.effective_batch, "seed": hp.seed,
+                              "max_examples": hp.max_examples,
                               "num_examples": len(dataset)}}
             if image_preprocessing:
                 spec["image_preprocessing"] = image_preprocessing

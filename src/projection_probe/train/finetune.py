@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,12 @@ def find_lora_target_modules(language_model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def configure_trainable(facade, setting: str, lora_r: int = 128, lora_alpha: int = 256,
-                        lora_dropout: float = 0.05) -> list[str]:
+def configure_trainable(facade, setting: str, lora: LoraHyperparams | None = None, **lora_fields) -> list[str]:
     """Set `requires_grad` for a setting and return the trainable parameter names.
 
     ft-proj: the projector only. ft-e2e: projector and the whole LLM. ft-lora: LoRA adapters on all
-    LLM linears (the LLM is wrapped in a peft model) and the projector. The vision tower is frozen
-    in every setting."""
+    LLM linears (the LLM is wrapped in a peft model) and the projector, shaped by `lora` (or its
+    fields as keywords). The vision tower is frozen in every setting."""
     if setting not in SETTINGS:
         raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS} "
                          "(the original setting needs no training)")
@@ -69,7 +69,8 @@ def configure_trainable(facade, setting: str, lora_r: int = 128, lora_alpha: int
     elif setting == "ft-lora":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
+        lora = with_fields(LoraHyperparams, lora, lora_fields)
+        config = LoraConfig(r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, bias="none",
                             target_modules=find_lora_target_modules(facade.language_model), task_type="CAUSAL_LM")
         facade.language_model = get_peft_model(facade.language_model, config)
     return [name for name, p in facade.named_parameters() if p.requires_grad]
@@ -83,23 +84,26 @@ def enable_gradient_checkpointing(facade) -> None:
     facade.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def prepare_for_training(facade, setting: str, model_dtype: str = "float32", template: str | None = None,
-                         lora_r: int = 128, lora_alpha: int = 256, lora_dropout: float = 0.05) -> list[str]:
-    """Make a loaded facade ready for `train_facade` in one setting; returns the trainable names.
+def prepare_for_training(facade, setting: str, hp: FinetuneHyperparams | None = None, **fields) -> list[str]:
+    """Make a loaded facade ready for `train_facade` in one setting (`hp`'s model_dtype, template and
+    LoRA shape, or those fields as keywords; the rest of `hp` is not read); returns the trainable names.
 
     Training reads cached X_v, so the frozen vision tower is dropped (it would only hold memory).
     The LLM is cast to `model_dtype`; the projector (21M parameters for 7B) always trains in float32,
     also when the LLM is bf16: bf16 would round away most of its small updates."""
     from projection_probe.models.templates import get_template
 
-    if model_dtype not in MODEL_DTYPES:
-        raise InputError(f"model_dtype {model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
+    if hp is None:  # only the fields read here matter: the schedule's required ones get placeholders
+        hp = FinetuneHyperparams(lr=0.0, effective_batch=1, per_device_batch=1)
+    hp = with_fields(FinetuneHyperparams, hp, fields)
+    if hp.model_dtype not in MODEL_DTYPES:
+        raise InputError(f"model_dtype {hp.model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
     facade.vision = None
-    facade.to(MODEL_DTYPES[model_dtype])
+    facade.to(MODEL_DTYPES[hp.model_dtype])
     facade.projector.float()
-    if template:
-        facade.template = get_template(template)
-    return configure_trainable(facade, setting, lora_r, lora_alpha, lora_dropout)
+    if hp.template:
+        facade.template = get_template(hp.template)
+    return configure_trainable(facade, setting, hp)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
@@ -230,40 +234,39 @@ def _check_optimizer(optim: str) -> None:
                              "use adamw_torch or adamw_torch_fused") from None
 
 
-def train_facade(facade, train_dataset, work_dir: str | Path, *, lr: float, effective_batch: int,
-                 per_device_batch: int, epochs: float = 1, warmup_ratio: float = 0.03, weight_decay: float = 0.0,
-                 lr_scheduler: str = "cosine", max_grad_norm: float | None = None, seed: int = 42,
-                 bf16: bool = False, gradient_checkpointing: bool = False,
-                 checkpoint_every_steps: int | None = None, projector_lr: float | None = None,
-                 optim: str = "adamw_torch", num_workers: int = 0, model_max_length: int | None = 2048,
+def train_facade(facade, train_dataset, work_dir: str | Path, hp: TrainingHyperparams, *,
+                 projector_lr: float | None = None,
                  run_config: dict | None = None, callbacks: list | None = None) -> tuple[FacadeTrainer, dict]:
     """Train the parameters of `facade` that require grad on `train_dataset` (items with prompt,
-    answer, x_v) and return (trainer, train log). Resumes from the last complete checkpoint under
+    answer, x_v) with the schedule `hp`, and return (trainer, train log). `projector_lr`: the
+    projector's own learning rate (None: `hp.lr`). Resumes from the last complete checkpoint under
     `work_dir` when its run configuration matches."""
     from accelerate import PartialState
 
     from projection_probe.train.data import MultimodalCollator
 
-    if not 0 <= warmup_ratio < 1:
-        raise InputError(f"warmup_ratio={warmup_ratio}: must be in [0, 1)")
-    _check_optimizer(optim)
+    if not 0 <= hp.warmup_ratio < 1:
+        raise InputError(f"warmup_ratio={hp.warmup_ratio}: must be in [0, 1)")
+    _check_optimizer(hp.optim)
     work_dir = Path(work_dir)
     checkpoint_dir = work_dir / "checkpoints"
-    save_steps = checkpoint_every_steps if checkpoint_every_steps and checkpoint_every_steps > 0 else None
+    save_steps = hp.checkpoint_every_steps if hp.checkpoint_every_steps and hp.checkpoint_every_steps > 0 else None
+    # Recorded as None when off: the run configuration (and facade.json) read the same for 0 and None.
+    max_grad_norm = hp.max_grad_norm if hp.max_grad_norm and hp.max_grad_norm > 0 else None
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=per_device_batch,
+        per_device_train_batch_size=hp.per_device_batch,
         gradient_accumulation_steps=1,  # set below, once the number of processes is known
-        learning_rate=lr,
-        num_train_epochs=epochs,
-        warmup_steps=warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=weight_decay,
-        lr_scheduler_type=lr_scheduler,
-        max_grad_norm=max_grad_norm if max_grad_norm and max_grad_norm > 0 else 0.0,  # 0 = no clipping (paper)
-        optim=optim,
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
+        learning_rate=hp.lr,
+        num_train_epochs=hp.epochs,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type=hp.lr_scheduler,
+        max_grad_norm=max_grad_norm or 0.0,  # 0 = no clipping (paper)
+        optim=hp.optim,
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=hp.bf16,
         logging_steps=1,
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
@@ -271,7 +274,7 @@ def train_facade(facade, train_dataset, work_dir: str | Path, *, lr: float, effe
         report_to="none",
         remove_unused_columns=False,  # the collator needs the raw prompt/answer strings
         label_names=["labels"],
-        dataloader_num_workers=num_workers,
+        dataloader_num_workers=hp.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
         # Without CUDA, processes started by torchrun / accelerate launch form a CPU (gloo) group only
@@ -281,23 +284,24 @@ def train_facade(facade, train_dataset, work_dir: str | Path, *, lr: float, effe
     )
     # TrainingArguments sets up the process group (torchrun / accelerate launch), so the world size
     # is known only now; the Trainer reads the accumulation steps when it is constructed.
-    accumulation = gradient_accumulation_steps(effective_batch, per_device_batch, args.world_size)
+    accumulation = gradient_accumulation_steps(hp.effective_batch, hp.per_device_batch, args.world_size)
     args.gradient_accumulation_steps = accumulation
     state = PartialState()
     run_config = dict(run_config or {})
-    run_config.update(lr=lr, effective_batch=effective_batch, per_device_batch=per_device_batch, epochs=epochs,
-                      warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
-                      max_grad_norm=max_grad_norm, seed=seed, bf16=bf16, projector_lr=projector_lr, optim=optim,
-                      num_examples=len(train_dataset), world_size=args.world_size)
+    run_config.update(lr=hp.lr, effective_batch=hp.effective_batch, per_device_batch=hp.per_device_batch,
+                      epochs=hp.epochs, warmup_ratio=hp.warmup_ratio, weight_decay=hp.weight_decay,
+                      lr_scheduler=hp.lr_scheduler, max_grad_norm=max_grad_norm, seed=hp.seed, bf16=hp.bf16,
+                      projector_lr=projector_lr, optim=hp.optim, num_examples=len(train_dataset),
+                      world_size=args.world_size)
     prepare_work_dir(work_dir, run_config, state.is_main_process)
     state.wait_for_everyone()
 
-    if gradient_checkpointing:
+    if hp.gradient_checkpointing:
         enable_gradient_checkpointing(facade)
     facade.language_model.config.use_cache = False
 
     trainer = FacadeTrainer(model=facade, args=args, train_dataset=train_dataset,
-                            data_collator=MultimodalCollator(facade, model_max_length),
+                            data_collator=MultimodalCollator(facade, hp.model_max_length),
                             callbacks=callbacks, projector_lr=projector_lr)
     resume = last_complete_checkpoint(checkpoint_dir, delete_incomplete=state.is_main_process)
     if resume:
@@ -311,9 +315,9 @@ def train_facade(facade, train_dataset, work_dir: str | Path, *, lr: float, effe
         "total_parameters": count_parameters(unwrapped, trainable_only=False),
         "num_examples": len(train_dataset),
         "world_size": args.world_size,
-        "per_device_batch": per_device_batch,
+        "per_device_batch": hp.per_device_batch,
         "gradient_accumulation_steps": accumulation,
-        "effective_batch": effective_batch,
+        "effective_batch": hp.effective_batch,
         "optimizer_steps": trainer.state.global_step,
         "resumed_from": Path(resume).name if resume else None,
         # Runtime and throughput cover this process's part of the run only (after a resume, the rest).
@@ -359,19 +363,13 @@ def write_trained_parts(facade, state: dict, setting: str, folder: Path, lm_dtyp
 
 # ---------------------------------------------------------------------------- entry point
 def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache: str | Path, out_dir: str | Path,
-             setting: str, lr: float, effective_batch: int, per_device_batch: int, epochs: float = 1,
-             warmup_ratio: float = 0.03, weight_decay: float = 0.0, lr_scheduler: str = "cosine",
-             max_grad_norm: float | None = None, seed: int = 42, bf16: bool = False,
-             gradient_checkpointing: bool = False, checkpoint_every_steps: int | None = None,
-             max_examples: int | None = None, template: str | None = None, lora_r: int = 128,
-             lora_alpha: int = 256, lora_dropout: float = 0.05, projector_lr: float | None = 2e-5,
-             optim: str = "adamw_torch", num_workers: int = 0, model_dtype: str = "float32",
-             model_max_length: int | None = 2048, callbacks: list | None = None,
-             trust_remote_code: bool = False) -> dict:
+             setting: str, hp: FinetuneHyperparams | None = None, *, callbacks: list | None = None,
+             trust_remote_code: bool = False, **fields) -> dict:
     """Fine-tune the base model folder `base_model_dir` in one setting and publish `out_dir`
     (facade.json pointing at the base, projector.safetensors, and `language_model/` for ft-e2e or
-    `lora_adapter/` for ft-lora, plus train_log.json). `projector_lr` applies to ft-lora only.
-    Returns the train log."""
+    `lora_adapter/` for ft-lora, plus train_log.json) with the hyperparameters `hp` (or its fields as
+    keywords: `lr`, `effective_batch` and `per_device_batch` have no default). `hp.projector_lr`
+    applies to ft-lora only. Returns the train log."""
     from accelerate import PartialState
     from transformers import set_seed
 
@@ -379,37 +377,34 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     from projection_probe.models.loaders import FACADE_FILE, load_facade
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
+    hp = with_fields(FinetuneHyperparams, hp, fields)
     if setting not in SETTINGS:
         raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS}")
-    if model_dtype not in MODEL_DTYPES:
-        raise InputError(f"model_dtype {model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
+    if hp.model_dtype not in MODEL_DTYPES:
+        raise InputError(f"model_dtype {hp.model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
     base_model_dir, out_dir = Path(base_model_dir).resolve(), Path(out_dir).resolve()
     if not (base_model_dir / FACADE_FILE).exists():
         raise InputError(f"{base_model_dir}: no {FACADE_FILE}; --base-model must be a built base model folder")
-    examples = stratified_subset(read_train_examples(prompts_jsonl), max_examples, seed)
+    examples = stratified_subset(read_train_examples(prompts_jsonl), hp.max_examples, hp.seed)
     cache = load_vision_cache(vision_cache)
     dataset = CachedFeatureDataset(examples, cache, source=str(vision_cache))
 
     # Seed before LoRA adapters are initialised, so that a resumed run rebuilds the same model.
-    set_seed(seed)
-    facade = load_facade(base_model_dir, dtype=MODEL_DTYPES[model_dtype], trust_remote_code=trust_remote_code)
-    trainable = prepare_for_training(facade, setting, model_dtype, template, lora_r, lora_alpha, lora_dropout)
+    set_seed(hp.seed)
+    facade = load_facade(base_model_dir, dtype=MODEL_DTYPES[hp.model_dtype], trust_remote_code=trust_remote_code)
+    trainable = prepare_for_training(facade, setting, hp)
     log.info("%s: %d trainable tensors, %d parameters, on %d examples", setting, len(trainable),
              count_parameters(facade), len(dataset))
 
     work_dir = Path(str(out_dir) + WORK_SUFFIX)
     run_config = {"base_model": str(base_model_dir), "prompts": str(Path(prompts_jsonl).resolve()),
-                  "vision_cache": str(Path(vision_cache).resolve()), "setting": setting, "template": template,
-                  "max_examples": max_examples, "lora": [lora_r, lora_alpha, lora_dropout],
-                  "model_dtype": model_dtype, "gradient_checkpointing": gradient_checkpointing}
+                  "vision_cache": str(Path(vision_cache).resolve()), "setting": setting, "template": hp.template,
+                  "max_examples": hp.max_examples, "lora": [hp.lora_r, hp.lora_alpha, hp.lora_dropout],
+                  "model_dtype": hp.model_dtype, "gradient_checkpointing": hp.gradient_checkpointing}
     trainer, train_log = train_facade(
-        facade, dataset, work_dir, lr=lr, effective_batch=effective_batch, per_device_batch=per_device_batch,
-        epochs=epochs, warmup_ratio=warmup_ratio, weight_decay=weight_decay, lr_scheduler=lr_scheduler,
-        max_grad_norm=max_grad_norm, seed=seed, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        checkpoint_every_steps=checkpoint_every_steps,
-        projector_lr=projector_lr if setting == "ft-lora" else None, optim=optim, num_workers=num_workers,
-        model_max_length=model_max_length, run_config=run_config, callbacks=callbacks)
-    train_log.update(setting=setting, seed=seed, lr=lr, max_examples=max_examples)
+        facade, dataset, work_dir, hp, projector_lr=hp.projector_lr if setting == "ft-lora" else None,
+        run_config=run_config, callbacks=callbacks)
+    train_log.update(setting=setting, seed=hp.seed, lr=hp.lr, max_examples=hp.max_examples)
 
     state = full_state_dict(trainer)
     partial = PartialState()
@@ -418,7 +413,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
         with atomic_dir(out_dir) as tmp:
             spec = {"format_version": 1, "base": os.path.relpath(base_model_dir, out_dir), "setting": setting}
             spec.update(write_trained_parts(unwrapped, state, setting, tmp,
-                                            lm_dtype=torch.bfloat16 if bf16 else None))
+                                            lm_dtype=torch.bfloat16 if hp.bf16 else None))
             # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
             # evaluation keeps the base's conversation template, as the authors' cli.py did.
             # The images this model was trained on were preprocessed this way (a setting may differ from
@@ -427,7 +422,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
                 spec["image_preprocessing"] = cache.image_preprocessing
             spec["training"] = {k: v for k, v in run_config.items()
                                 if k not in ("base_model", "prompts", "vision_cache")}
-            spec["training"].update(lr=lr, effective_batch=effective_batch, seed=seed, epochs=epochs)
+            spec["training"].update(lr=hp.lr, effective_batch=hp.effective_batch, seed=hp.seed, epochs=hp.epochs)
             write_json(tmp / FACADE_FILE, spec)
             write_json(tmp / "train_log.json", train_log)
         # The published folder is complete; the checkpoints are no longer needed.
