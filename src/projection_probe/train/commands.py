@@ -38,6 +38,12 @@ def run_export(args) -> None:
                                                      "float16": torch.float16}[args.dtype])
 
 
+def _add_threads_and_out_dir(p, handler) -> None:
+    add_threads_option(p)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=handler)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a base model folder: ft-proj, ft-e2e or ft-lora",
                               description="Trainer-based fine-tuning on cached vision features; resumable; "
@@ -49,9 +55,7 @@ def register(subparsers) -> None:
     add_options(p, FinetuneHyperparams)
     p.add_argument("--trust-remote-code", action="store_true", default=False,
                    help="run Python code shipped with the checkpoint (off unless model.trust_remote_code)")
-    add_threads_option(p)
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(handler=run_finetune)
+    _add_threads_and_out_dir(p, run_finetune)
 
     p = subparsers.add_parser("align-projector",
                               help="the demo's Original MLLM: a fresh projector aligned on label-free captions")
@@ -61,14 +65,10 @@ def register(subparsers) -> None:
     p.add_argument("--manifests", nargs="+", required=True,
                    help="manifest.csv of each data set, in the order of --vision-caches (selects the train split)")
     add_options(p, AlignHyperparams)
-    add_threads_option(p)
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(handler=run_align)
+    _add_threads_and_out_dir(p, run_align)
 
     p = subparsers.add_parser("export-llava",
                               help="merge a model folder into a LlavaForConditionalGeneration checkpoint")
     p.add_argument("--model", required=True, help="model folder (facade.json) on a llava_hf or CLIP-parts base")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    add_threads_option(p)
-    p.add_argument("--out-dir", required=True)
-    p.set_defaults(handler=run_export)
+    _add_threads_and_out_dir(p, run_export)
