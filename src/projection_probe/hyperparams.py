@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -19,15 +20,14 @@ TEMPLATES = ("v1", "plain", "llava_hf", "chatml")
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices=None, none_at_or_below_zero: bool = False,
-           parse=None, flag: str | None = None, negative_flag: str | None = None):
-    """A dataclass field that is also a CLI option.
+           parse=None, negative_flag: str | None = None):
+    """A dataclass field that is also a CLI option, `--field-name`.
 
     none_at_or_below_zero: the option's 0 (or a negative number) gives None, the library's "no limit"
-    or "never". parse: a function from the option's text to the value. flag: the option's name when it
-    is not `--field-name`. negative_flag: a boolean that defaults to True is given as one flag that
-    turns it off (e.g. --last-epoch for restore_best=False)."""
+    or "never". parse: a function from the option's text to the value. negative_flag: a boolean that
+    defaults to True is given as one flag that turns it off (e.g. --last-epoch for restore_best=False)."""
     metadata = {"help": help, "choices": choices, "none_at_or_below_zero": none_at_or_below_zero,
-                "parse": parse, "flag": flag, "negative_flag": negative_flag}
+                "parse": parse, "negative_flag": negative_flag}
     if isinstance(default, (list, dict, set)):
         raise TypeError("a mutable default would be shared between instances; use a tuple")
     return field(default=default, metadata=metadata)
@@ -45,18 +45,16 @@ def _positive_or_none(convert):
 def _base_type(hint):
     """int for `int | None`, tuple for `tuple[int, ...]`."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         return _base_type(args[0])
     return typing.get_origin(hint) or hint
 
 
-def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of the dataclass `cls` (except `skip`): its default, type, choices and help
-    come from the field. A field without a default is a required option."""
+def add_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One option per field of the dataclass `cls`: its default, type, choices and help come from the
+    field. A field without a default is a required option."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         meta = f.metadata
         required = f.default is dataclasses.MISSING
         kwargs = {"dest": f.name, "help": meta.get("help") or None}
@@ -77,7 +75,7 @@ def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] =
             kwargs["default"] = f.default
             shown = 0 if f.default is None and meta.get("none_at_or_below_zero") else "%(default)s"
             kwargs["help"] = f"{kwargs['help'] or ''} (default: {shown})".lstrip()
-        parser.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kwargs)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 
 def from_args(cls, args: argparse.Namespace):

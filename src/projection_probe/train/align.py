@@ -87,7 +87,7 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     """Train a freshly initialised projector between a frozen vision encoder and a frozen LLM on
     captions of the train images of `vision_caches` (one manifest per cache picks the train split),
     and publish `out_dir` as a base model folder, with the hyperparameters `hp` (or its fields as
-    keywords: `effective_batch` and `per_device_batch` have no default). Returns the train log."""
+    keywords). Returns the train log."""
     from accelerate import PartialState
     from transformers import set_seed
 
