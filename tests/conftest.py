@@ -4,15 +4,17 @@
 - `micro_run`: the full micro config (2 datasets × 2 seeds × 4 settings × 3 modes) with its report.
 - `analysis_run`: a reduced micro config with the analyses beyond the paper switched on.
 
-Every test that only reads a finished run reads these (under pytest-xdist, on one worker: see
-SHARED_RUN_GROUPS); a test that changes files works on a copy
-(`copy_run`). Each pytest process starts its runs in its own fresh temporary folder, so a run left
-half-done by an interrupted session is never reused. A run that fails makes every test that needs it
-fail with the run's own log tail (pytest caches a session fixture's failure), not with a cascade of
-unrelated errors.
+Every test that only reads a finished run reads these; a test that changes files works on a copy
+(`copy_run`). Under pytest-xdist the tests of each run go to one worker (SHARED_RUN_GROUPS), and
+`tiny_models` and `micro_run` are built once for all workers (`built_once`), so that the Slurm tests
+can run on the other worker at the same time. Each pytest run starts its runs in its own fresh
+temporary folder, so a run left half-done by an interrupted session is never reused. A run that fails
+makes every test that needs it fail with the run's own log tail (pytest caches a session fixture's
+failure, and `built_once` passes it to the other worker), not with a cascade of unrelated errors.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -38,9 +40,9 @@ if os.environ.get("PATH", "").split(os.pathsep)[:1] != [_BIN]:
 
 
 # With pytest-xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs the suite), every test that reads
-# a shared run goes to the same worker, so that each run still happens once per session; the Slurm
-# tests go with the micro run, which they compare with, and so only one worker starts a cluster.
-SHARED_RUN_GROUPS = {"micro_run": "micro_run", "slurm_cluster": "micro_run", "analysis_run": "analysis_run"}
+# a shared run goes to the same worker. The Slurm tests form their own group, so that one worker
+# starts the cluster and the Slurm micro run goes on beside the local one (first match wins).
+SHARED_RUN_GROUPS = {"slurm_cluster": "slurm_cluster", "micro_run": "micro_run", "analysis_run": "analysis_run"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -105,19 +107,46 @@ def copy_run(run: Path, dest: Path, *relative: str) -> Path:
     return dest
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per pytest run, however many xdist workers ask: each worker is a process
+    with its own session fixtures, so the first one builds under a file lock in the run's shared
+    temporary root and the others wait for it. A failed build fails every later asker with its
+    message; a folder without its `.done` mark is never read."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, shared by this run's workers (each has pytest-N/popen-gwK/)
+    folder, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(failed.read_text(), pytrace=False)
+        if not done.exists():
+            folder.mkdir()
+            try:
+                build(folder)
+            except BaseException as error:  # pytest.fail's exception is a BaseException
+                failed.write_text(f"shared '{name}' failed in another worker or an earlier test:\n{error}")
+                raise
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    return make_micro_models(tmp_path_factory.mktemp("tiny_models"))
+    return built_once(tmp_path_factory, "tiny_models", make_micro_models)
 
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory, tiny_models) -> Path:
     """The full micro config run to the end through the local profile (as a user runs it; the Slurm
     test compares its tables with these), with `results/report.html`. Read only."""
-    workdir = make_micro_workdir(tmp_path_factory.mktemp("micro_run"), models_dir=tiny_models)
-    run_workflow(workdir, "micro", "--profile", str(REPO_ROOT / "profiles" / "local"))
-    run_workflow(workdir, "micro report", "--report", str(workdir / "results" / "report.html"))
-    return workdir
+
+    def build(folder: Path) -> None:
+        make_micro_workdir(folder, models_dir=tiny_models)
+        run_workflow(folder, "micro", "--profile", str(REPO_ROOT / "profiles" / "local"))
+        run_workflow(folder, "micro report", "--report", str(folder / "results" / "report.html"))
+
+    return built_once(tmp_path_factory, "micro_run", build)
 
 
 @pytest.fixture(scope="session")

@@ -140,14 +140,14 @@ def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_pat
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tiny_models, tmp_path):  # noqa: F811 (fixture)
+def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, tiny_models, tmp_path, request):  # noqa: F811 (fixture)
     """The micro config through Slurm; its tables are compared with the session's shared local micro
-    run (tests/conftest.py), which used the same tiny models."""
+    run (tests/conftest.py), which used the same tiny models. The local run is asked for only once
+    the Slurm run is done, so that under pytest-xdist the two run side by side on the two workers."""
     from projection_probe.testing.micro import make_micro_workdir
 
     snakefile = REPO / "Snakefile"
     slurm_wd = Path(make_micro_workdir(tmp_path / "slurm", models_dir=tiny_models)).resolve()
-    assert (slurm_wd / "micro.yaml").read_text() == (micro_run / "micro.yaml").read_text()
     profile = make_test_profile(tmp_path / "profiles")
     slurm_out = run_snakemake(
         ["--profile", str(profile), "-s", str(snakefile), "--directory", str(slurm_wd),
@@ -172,7 +172,9 @@ def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, micro_run, tin
     assert not LOCAL_RULES & set(jobs), f"local rules went through Slurm: {sorted(LOCAL_RULES & set(jobs))}"
     assert {"make_tables"} <= local_rules_in_log(slurm_out)
     assert plugin_log_rules(slurm_wd) == set(jobs)
-    # (c) same tables with and without Slurm.
+    # (c) same config, same tables with and without Slurm.
+    micro_run = request.getfixturevalue("micro_run")
+    assert (slurm_wd / "micro.yaml").read_text() == (micro_run / "micro.yaml").read_text()
     for name in TABLES:
         a, b = slurm_wd / "results" / "tables" / name, micro_run / "results" / "tables" / name
         assert a.exists() and b.exists(), f"missing {a if not a.exists() else b}"
