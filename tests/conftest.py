@@ -1,16 +1,17 @@
-"""Shared, session-scoped workflow runs: each distinct configuration runs once per pytest process.
+"""Shared, session-scoped workflow runs: each distinct configuration runs once per pytest run.
 
 - `tiny_models`: the micro config's random tiny CLIP / LLM / vision models, built once.
 - `micro_run`: the full micro config (2 datasets × 2 seeds × 4 settings × 3 modes) with its report.
 - `analysis_run`: a reduced micro config with the analyses beyond the paper switched on.
 
 Every test that only reads a finished run reads these; a test that changes files works on a copy
-(`copy_run`). Under pytest-xdist the tests of each run go to one worker (SHARED_RUN_GROUPS), and
-`tiny_models` and `micro_run` are built once for all workers (`built_once`), so that the Slurm tests
-can run on the other worker at the same time. Each pytest run starts its runs in its own fresh
-temporary folder, so a run left half-done by an interrupted session is never reused. A run that fails
-makes every test that needs it fail with the run's own log tail (pytest caches a session fixture's
-failure, and `built_once` passes it to the other worker), not with a cascade of unrelated errors.
+(`copy_run`, into `beside_shared_runs`). Under pytest-xdist the tests of each run go to one worker
+(SHARED_RUN_GROUPS), and `tiny_models` and `micro_run` are built once for all workers
+(`built_once`), so that the Slurm tests can run on the other worker at the same time. Each pytest
+run starts its runs in its own fresh temporary folder, so a run left half-done by an interrupted
+session is never reused. A run that fails makes every test that needs it fail with the run's own log
+tail (pytest caches a session fixture's failure, and `built_once` passes it to the other worker),
+not with a cascade of unrelated errors.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,14 +109,26 @@ def copy_run(run: Path, dest: Path, *relative: str) -> Path:
     return dest
 
 
+def shared_root(tmp_path_factory) -> Path:
+    """This pytest run's temporary root, shared by its xdist workers (pytest-N/; each worker has its
+    own pytest-N/popen-gwK/ below it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def beside_shared_runs(tmp_path_factory, name: str) -> Path:
+    """A fresh folder next to the shared runs, for a copy of their results: a model folder names its
+    parts by relative path (train/align.py), so a copied base model finds the tiny models only from
+    the same depth."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared_root(tmp_path_factory)))
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """`build(folder)` once per pytest run, however many xdist workers ask: each worker is a process
     with its own session fixtures, so the first one builds under a file lock in the run's shared
     temporary root and the others wait for it. A failed build fails every later asker with its
     message; a folder without its `.done` mark is never read."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # pytest-N/, shared by this run's workers (each has pytest-N/popen-gwK/)
+    root = shared_root(tmp_path_factory)
     folder, done, failed = root / name, root / f"{name}.done", root / f"{name}.failed"
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

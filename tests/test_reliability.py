@@ -25,7 +25,7 @@ from PIL import Image
 
 from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
 
-from conftest import copy_run
+from conftest import beside_shared_runs, copy_run
 
 # Tests that run CLIs on models or a Snakemake DAG take tens of seconds each: they are marked slow
 # and kept out of the quick `-m "not slow"` selection.
@@ -50,7 +50,7 @@ def workdir(micro_run, tiny_models, tmp_path_factory):
     of the shared micro run's (tests/conftest.py), with Snakemake's metadata, so that the kills below
     never touch the shared run and Snakemake sees these inputs as done."""
     wd = make_micro_workdir(
-        tmp_path_factory.mktemp("reliability"), models_dir=tiny_models,
+        beside_shared_runs(tmp_path_factory, "reliability"), models_dir=tiny_models,
         datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
         settings={"original": {"kind": "none"}, "ft-proj": SLOW_FT_PROJ},
         finetune=SLOW_FINETUNE)
