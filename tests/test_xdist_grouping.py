@@ -16,6 +16,13 @@ from conftest import SHARED_RUN_GROUPS
 pytest.importorskip("xdist")
 
 REPO_CONFTEST = Path(__file__).with_name("conftest.py")
+# The first lines of each stand-in conftest: the suite's own conftest, loaded under another name, so
+# that these tests check the grouping hook and `built_once` in use.
+LOAD_SUITE_CONFTEST = (
+    "import importlib.util, os, pytest, time\n"
+    f"spec = importlib.util.spec_from_file_location('suite_conftest', {str(REPO_CONFTEST)!r})\n"
+    "suite = importlib.util.module_from_spec(spec); spec.loader.exec_module(suite)\n"
+)
 
 
 def test_tests_that_share_a_run_go_to_one_worker(tmp_path):
@@ -24,10 +31,9 @@ def test_tests_that_share_a_run_go_to_one_worker(tmp_path):
     fixture = next(f for f, g in SHARED_RUN_GROUPS.items() if g == f)
     built = tmp_path / "built"
     (tmp_path / "conftest.py").write_text(
-        "import os, pytest\n"
-        f"SHARED_RUN_GROUPS = {SHARED_RUN_GROUPS!r}\n"
-        + _grouping_hook_source()
-        + f"\n@pytest.fixture(scope='session')\ndef {fixture}():\n"
+        LOAD_SUITE_CONFTEST
+        + "pytest_collection_modifyitems = suite.pytest_collection_modifyitems\n"
+        f"@pytest.fixture(scope='session')\ndef {fixture}():\n"
         f"    with open({str(built)!r}, 'a') as f:\n"
         "        f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
     )
@@ -43,23 +49,14 @@ def test_tests_that_share_a_run_go_to_one_worker(tmp_path):
         f"{pytest.__version__} (see the pytest pin in pyproject.toml)")
 
 
-def _grouping_hook_source() -> str:
-    """The suite's own hook, cut from tests/conftest.py, so that this test checks the code in use."""
-    source = REPO_CONFTEST.read_text()
-    start = source.index("@pytest.hookimpl(tryfirst=True)\ndef pytest_collection_modifyitems")
-    end = source.index("\n\n\n", start)
-    return source[start:end] + "\n"
-
 
 @pytest.mark.slow
 def test_a_run_shared_by_two_workers_is_built_once_and_its_failure_reaches_both(tmp_path):
     """Two groups, so two workers, ask for one `built_once` folder: one build, both read it; a build
     that fails fails the tests of both workers with its message."""
     (tmp_path / "conftest.py").write_text(
-        "import importlib.util, os, pytest, time\n"
-        f"spec = importlib.util.spec_from_file_location('suite_conftest', {str(REPO_CONFTEST)!r})\n"
-        "suite = importlib.util.module_from_spec(spec); spec.loader.exec_module(suite)\n"
-        "def build(folder):\n"
+        LOAD_SUITE_CONFTEST
+        + "def build(folder):\n"
         "    time.sleep(1)\n"
         "    if os.environ.get('BUILD_FAILS'): pytest.fail('the shared build broke', pytrace=False)\n"
         "    with open(folder.parent.parent / 'builds', 'a') as f: f.write(os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
