@@ -168,7 +168,7 @@ def test_undecodable_bytes_are_reported_by_split_and_row(tmp_path):
     assert bad_image_list_path(tmp_path / "out").is_file()
     out = prepare(tmp_path, {"kind": "hf", "path": str(path)}, on_bad_image="skip")
     [line] = (out / "bad_images.txt").read_text().splitlines()
-    assert line.startswith(str(out / "images" / "test")) and f"[split 'test' row 3]" in line
+    assert line.startswith(str(out / "images" / "test")) and "[split 'test' row 3]" in line
     assert len(read_manifest(out / "manifest.csv")) == 17
 
 
@@ -204,7 +204,8 @@ def test_unknown_keys_and_local_revision_are_refused(tmp_path):
 
 def test_per_class_limits_take_the_first_images_in_stored_order(tmp_path, source):
     rows = read_manifest(prepare(tmp_path, {**source, "train_per_class": 2, "test_per_class": 1}) / "manifest.csv")
-    by_split = {split: sorted(grey_value(r.image_path) for r in rows if r.split == split) for split in ("train", "test")}
+    by_split = {split: sorted(grey_value(r.image_path) for r in rows if r.split == split)
+                for split in ("train", "test")}
     assert by_split == {"train": list(range(10, 16)), "test": [100, 101, 102]}
 
 
