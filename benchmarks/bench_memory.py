@@ -242,7 +242,10 @@ def phase_prepare_hf(a: dict) -> dict:
     rows = prepare_dataset("bench", {"kind": "hf", "path": a["dataset"]}, None, "noise", "fail", True, a["out_dir"])
     if len(rows) != a["dataset_images"]:
         raise SystemExit(f"the manifest lists {len(rows)} images, the dataset holds {a['dataset_images']}")
-    return {"manifest_rows": len(rows)}
+    # File-backed pages (the memory-mapped Arrow files) are reclaimable; anonymous ones are not.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kib = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
+    return {"manifest_rows": len(rows), "end_rss_anon_bytes": kib("RssAnon"), "end_rss_file_bytes": kib("RssFile")}
 
 
 PHASES = {"build": phase_build, "classify": phase_classify, "finetune": phase_finetune,
@@ -425,7 +428,9 @@ def dataset_main(args, info: dict, work: Path) -> int:
     if args.markdown:
         rows = [["prepare_hf", f"{report['peak_rss_bytes'] / 1e9:.3f}", f"{report['seconds']:.1f}"]]
         notes = [f"dataset: {args.dataset_images} JPEGs of {args.dataset_side}×{args.dataset_side} in parquet, "
-                 f"{report['dataset_bytes'] / 1e9:.2f} GB; manifest rows {report['manifest_rows']}"]
+                 f"{report['dataset_bytes'] / 1e9:.2f} GB; manifest rows {report['manifest_rows']}; resident at "
+                 f"the end: {report['end_rss_anon_bytes'] / 1e9:.3f} GB anonymous, "
+                 f"{report['end_rss_file_bytes'] / 1e9:.3f} GB file-backed (mapped files)"]
         write_markdown(args.markdown, "Memory: preparing a 🤗 datasets dataset", info,
                        markdown_table(["phase", "peak RSS (GB)", "seconds"], rows), notes)
     return 0 if under else 1
