@@ -6,6 +6,12 @@ Reads Debian's copy of the official idx files (``apt-get install -y dataset-fash
 the official t10k file, so the demo's train/test split never mixes the two.
 
     python scripts/build_fashion_subset.py            # defaults: 100 train + 30 test per class, seed 0
+    python scripts/build_fashion_subset.py --from-npz # only the parquet dataset, from the shipped npz
+
+It writes the subset twice: as ``resources/fashion_mnist_subset.npz`` and as the local 🤗 datasets
+folder ``resources/fashion_mnist_subset/`` ({train,test}.parquet: a PNG ``image`` and a ``label``
+ClassLabel with the official names), which the demo reads with ``source.kind: hf``. The PNGs are
+encoded as the ``fashion_mnist_subset`` source writes its files, so both give the same image hashes.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from projection_probe.io import InputError, atomic_path
 
 DEFAULT_SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "resources" / "fashion_mnist_subset.npz"
+DEFAULT_PARQUET_DIR = DEFAULT_OUT.with_suffix("")
 
 # The official label names, in label-index order (Xiao, Rasul & Vollgraf 2017).
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -81,6 +88,22 @@ def build_subset(source_dir: Path, train_per_class: int, test_per_class: int, se
     return arrays
 
 
+def write_parquet_dataset(arrays: dict[str, np.ndarray], out_dir: Path) -> None:
+    """``{train,test}.parquet`` in ``out_dir``, replaced whole: the splits of ``arrays`` in stored order."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    from projection_probe.data.demo_sources import encode_png
+    from projection_probe.io import atomic_dir
+
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(n) for n in arrays["class_names"]])})
+    with atomic_dir(out_dir) as staging:
+        for split in ("train", "test"):
+            images = [{"bytes": encode_png(image), "path": None} for image in arrays[f"{split}_images"]]
+            labels = [int(label) for label in arrays[f"{split}_labels"]]
+            Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+                staging / f"{split}.parquet")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
@@ -88,17 +111,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parquet-dir", type=Path, default=DEFAULT_PARQUET_DIR)
+    parser.add_argument("--from-npz", action="store_true",
+                        help="write only the parquet dataset, from the npz at --out")
     args = parser.parse_args(argv)
-    try:
-        arrays = build_subset(args.source_dir, args.train_per_class, args.test_per_class, args.seed)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    with atomic_path(args.out) as tmp:
-        with open(tmp, "wb") as f:  # a file object, because savez would append ".npz" to the temp name
-            np.savez_compressed(f, **arrays)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes): "
-          f"{len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
+    if args.from_npz:
+        with np.load(args.out, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    else:
+        try:
+            arrays = build_subset(args.source_dir, args.train_per_class, args.test_per_class, args.seed)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        with atomic_path(args.out) as tmp:
+            with open(tmp, "wb") as f:  # a file object, because savez would append ".npz" to the temp name
+                np.savez_compressed(f, **arrays)
+        print(f"wrote {args.out} ({args.out.stat().st_size} bytes): "
+              f"{len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
+    write_parquet_dataset(arrays, args.parquet_dir)
+    size = sum(p.stat().st_size for p in args.parquet_dir.iterdir())
+    print(f"wrote {args.parquet_dir} ({size} bytes)")
     return 0
 
 

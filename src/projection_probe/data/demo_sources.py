@@ -48,12 +48,22 @@ def _take_per_class(labels: np.ndarray, per_class: int, where: str) -> np.ndarra
     return np.concatenate(keep)
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """A uint8 array (H×W grey or H×W×3 RGB) as PNG bytes: the demo's image files, and the images of
+    the shipped parquet dataset (scripts/build_fashion_subset.py), which therefore hash the same."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_split_images(images_by_split: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path,
                        classes: list[str]) -> list[ManifestRow]:
     """Write uint8 arrays (N×H×W grey or N×H×W×3 RGB) as PNGs; the images folder is replaced whole so
     that images from an earlier run with other counts never linger beside the new ones."""
-    from PIL import Image
-
     final_images = Path(out_dir) / "images"
     rows: list[ManifestRow] = []
     with atomic_dir(final_images) as staging:
@@ -65,7 +75,7 @@ def write_split_images(images_by_split: dict[str, tuple[np.ndarray, np.ndarray]]
                 n = counters.get(label, 0)
                 counters[label] = n + 1
                 name = f"{label}_{n}.png"
-                Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(staging / split / name)
+                (staging / split / name).write_bytes(encode_png(image))
                 rows.append(ManifestRow(str(final_images / split / name), classes[label], split))
     return rows
 
