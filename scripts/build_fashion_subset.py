@@ -1,17 +1,15 @@
 #!/usr/bin/env python
-"""Rebuild resources/fashion_mnist_subset.npz: a stratified, seeded subset of Fashion-MNIST.
+"""Rebuild resources/fashion_mnist_subset/: a stratified, seeded subset of Fashion-MNIST.
 
 Reads Debian's copy of the official idx files (``apt-get install -y dataset-fashion-mnist``) and keeps
 ``--train-per-class`` images per class from the official train file and ``--test-per-class`` from
 the official t10k file, so the demo's train/test split never mixes the two.
 
     python scripts/build_fashion_subset.py            # defaults: 100 train + 30 test per class, seed 0
-    python scripts/build_fashion_subset.py --from-npz # only the parquet dataset, from the shipped npz
 
-It writes the subset twice: as ``resources/fashion_mnist_subset.npz`` and as the local 🤗 datasets
-folder ``resources/fashion_mnist_subset/`` ({train,test}.parquet: a PNG ``image`` and a ``label``
-ClassLabel with the official names), which the demo reads with ``source.kind: hf``. The PNGs are
-encoded as the ``fashion_mnist_subset`` source writes its files, so both give the same image hashes.
+It writes a local 🤗 datasets folder ({train,test}.parquet: a PNG ``image`` and a ``label`` ClassLabel
+with the official names), which the demo reads with ``source.kind: hf``. The PNGs are encoded as the
+demo's own image files (``data.demo_sources.encode_png``).
 """
 from __future__ import annotations
 
@@ -22,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from projection_probe.io import InputError, atomic_path
+from projection_probe.io import InputError
 
 DEFAULT_SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "resources" / "fashion_mnist_subset.npz"
-DEFAULT_PARQUET_DIR = DEFAULT_OUT.with_suffix("")
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "resources" / "fashion_mnist_subset"
 
 # The official label names, in label-index order (Xiao, Rasul & Vollgraf 2017).
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -107,31 +104,19 @@ def write_parquet_dataset(arrays: dict[str, np.ndarray], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the dataset folder, replaced whole")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parquet-dir", type=Path, default=DEFAULT_PARQUET_DIR)
-    parser.add_argument("--from-npz", action="store_true",
-                        help="write only the parquet dataset, from the npz at --out")
     args = parser.parse_args(argv)
-    if args.from_npz:
-        with np.load(args.out, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    else:
-        try:
-            arrays = build_subset(args.source_dir, args.train_per_class, args.test_per_class, args.seed)
-        except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        with atomic_path(args.out) as tmp:
-            with open(tmp, "wb") as f:  # a file object, because savez would append ".npz" to the temp name
-                np.savez_compressed(f, **arrays)
-        print(f"wrote {args.out} ({args.out.stat().st_size} bytes): "
-              f"{len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
-    write_parquet_dataset(arrays, args.parquet_dir)
-    size = sum(p.stat().st_size for p in args.parquet_dir.iterdir())
-    print(f"wrote {args.parquet_dir} ({size} bytes)")
+    try:
+        arrays = build_subset(args.source_dir, args.train_per_class, args.test_per_class, args.seed)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_parquet_dataset(arrays, args.out)
+    size = sum(p.stat().st_size for p in args.out.iterdir())
+    print(f"wrote {args.out} ({size} bytes): {len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
     return 0
 
 
