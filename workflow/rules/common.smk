@@ -498,8 +498,8 @@ def analysis_similarity_inputs(wildcards):
 
 
 def analysis_similarity_file_args(wildcards, input):
-    layers = [f"{s}={getattr(input, 'layers_' + s)}" for s in SETTINGS if hasattr(input, "layers_" + s)]
-    feats = [f"{s}={getattr(input, 'features_' + s)}" for s in SETTINGS]
+    layers = [f"{s}={getattr(input, f'layers_{s}')}" for s in SETTINGS if hasattr(input, f"layers_{s}")]
+    feats = [f"{s}={getattr(input, f'features_{s}')}" for s in SETTINGS]
     return f"--layers {' '.join(layers)} --features {' '.join(feats)}"
 
 
