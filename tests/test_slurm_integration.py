@@ -70,6 +70,14 @@ def test_slurm_profile_matches_the_workflow_rules():
         assert not set_resources[rule].get("gpu"), f"non-GPU rule {rule} requests a GPU in the profile"
     assert not LOCAL_RULES & set(set_resources), "local rules never reach Slurm: no resources for them"
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] in {"sacct", "squeue"}
+    # The group patterns the profile switches on are the workflow's (workflow/rules/common.smk), and every
+    # grouped rule takes the one `serial` slot that sizes a group as its members in series.
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    patterns = dict(re.findall(r'^(MODEL_GROUP|CPU_GROUP) = "(.+)"$', common, flags=re.MULTILINE))
+    assert sorted(c.split("=")[0] for c in profile["group-components"]) == sorted(patterns.values())
+    assert profile["resources"] == ["serial=1"] and profile["set-resource-scopes"] == ["serial=local"]
+    for rule in ("classify", "extract_features", "train_probe_post", "train_probe_image_only"):
+        assert set_resources[rule]["serial"] == 1, rule
     local = yaml.safe_load(LOCAL_PROFILE.read_text())
     assert local["cores"] == "all" and local["rerun-incomplete"] is True
 
