@@ -9,6 +9,7 @@ what went through Slurm comes from sacct (see tests/slurm_support.py for why).
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -194,6 +195,61 @@ def test_slurm_runs_gpu_groups_and_local_rules_of_a_toy_workflow(slurm_cluster, 
     write_summary([f"[slurm toy] jobs through Slurm: {sum(map(len, jobs.values()))} "
                    f"({', '.join(f'{r}={len(j)}' for r, j in sorted(jobs.items()))}); "
                    f"GPU jobs: {sum(map(len, gpu_jobs.values()))}; runs of the probes: {sorted(ran)}"])
+
+
+ARRAY_SNAKEFILE = textwrap.dedent(
+    """
+    # Toy GPU jobs under the real rule names, without groups: with the profile's grouping off, the
+    # jobs of a rule listed in slurm-array-jobs go to Slurm as one job array.
+    localrules: all
+
+    rule all:
+        input: expand("classify_{mode}.txt", mode=["a", "b", "c"]), expand("features_{seed}.txt", seed=[0, 1])
+
+    rule classify:
+        output: "classify_{mode}.txt"
+        resources: gpu=1
+        shell: "echo array=${{SLURM_ARRAY_JOB_ID:-none}} > {output}"
+
+    rule extract_features:
+        output: "features_{seed}.txt"
+        resources: gpu=1
+        shell: "echo array=${{SLURM_ARRAY_JOB_ID:-none}} > {output}"
+    """
+)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_array_switch_submits_one_array_per_rule(slurm_cluster, tmp_path):  # noqa: F811 (fixture)
+    """The profile's other way (docs/cluster.md, "Job arrays"): grouping off, `slurm-array-jobs` on
+    for classify and extract_features, as the profile's comment says."""
+    workdir = tmp_path / "arrays"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(ARRAY_SNAKEFILE)
+    profile = make_test_profile(tmp_path)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    switch = re.search(r"^# (slurm-array-jobs: .+)$", SLURM_PROFILE.read_text(), flags=re.MULTILINE)
+    assert switch and "group-components" in settings, "the profile's array switch or grouping line is gone"
+    del settings["group-components"]
+    settings.update(yaml.safe_load(switch.group(1)))
+    # Snakemake hands the plugin at most `jobs` ready jobs at a time, and an array holds only those:
+    # room for all five here, so that each rule's jobs are one array.
+    settings["jobs"] = 10
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    run_snakemake(["--profile", str(profile), "-s", str(workdir / "Snakefile"), "--directory", str(workdir)],
+                  env=slurm_cluster.env, log_path=tmp_path / "snakemake_arrays.log", timeout=600)
+
+    jobs = wait_for_accounting(workdir, slurm_cluster.env, {"classify", "extract_features"})
+    assert {r: len(js) for r, js in jobs.items()} == {"classify": 3, "extract_features": 2}, jobs
+    for rule, js in jobs.items():
+        assert all(j.state in OK_STATES and j.gpus == 1 and j.allocated_gpus == 1 for j in js), js
+        # One array per rule: every task of the rule names the same array job id.
+        prefix = {"classify": "classify_", "extract_features": "features_"}[rule]
+        arrays = {(workdir / name).read_text().strip() for name in os.listdir(workdir) if name.startswith(prefix)}
+        assert len(arrays) == 1 and arrays != {"array=none"}, (rule, arrays)
+    write_summary([f"[slurm arrays] tasks through Slurm: {sum(map(len, jobs.values()))} in "
+                   f"{len(jobs)} arrays (classify, extract_features)"])
 
 
 @pytest.mark.slurm
