@@ -262,6 +262,20 @@ class SlurmJob:
     workdir: str
     req_tres: dict
     alloc_tres: dict
+    elapsed_s: int = 0  # sacct ElapsedRaw: seconds the job held its allocation
+
+    def member_rules(self, rules: set[str]) -> set[str]:
+        """The workflow rules this job ran: its rule, or for a group job (named by the plugin
+        `<group id>_<rule>_<rule>...`) the rules its name ends with."""
+        if self.rule in rules:
+            return {self.rule}
+        found, rest = set(), self.rule
+        while True:
+            tail = next((r for r in sorted(rules, key=len, reverse=True) if rest.endswith("_" + r)), None)
+            if tail is None:
+                return found
+            found.add(tail)
+            rest = rest[: -len(tail) - 1]
 
     @property
     def gpus(self) -> int:
@@ -279,7 +293,7 @@ class SlurmJob:
 
 
 _SEP = "\x1f"
-_FIELDS = ("JobIDRaw", "State", "WorkDir", "ReqTRES", "AllocTRES", "Comment")
+_FIELDS = ("JobIDRaw", "State", "WorkDir", "ReqTRES", "AllocTRES", "Comment", "ElapsedRaw")
 _COMMENT_RE = re.compile(r"^rule_(?P<rule>.+?)(?:_wildcards_(?P<wildcards>.*))?$")
 
 
@@ -311,7 +325,7 @@ def jobs_submitted(workdir: Path, env: dict, *, since: str = "now-1days") -> dic
         parts = line.split(_SEP)
         if len(parts) != len(_FIELDS):
             raise RuntimeError(f"unexpected sacct line (want {len(_FIELDS)} fields): {line!r}")
-        jobid, state, wd, req, alloc, comment = parts
+        jobid, state, wd, req, alloc, comment, elapsed = parts
         if wd.rstrip("/") != workdir:
             continue
         m = _COMMENT_RE.match(comment)
@@ -319,7 +333,7 @@ def jobs_submitted(workdir: Path, env: dict, *, since: str = "now-1days") -> dic
             continue
         job = SlurmJob(
             jobid=jobid, rule=m["rule"], wildcards=m["wildcards"] or "", state=state.split()[0],
-            workdir=wd, req_tres=_parse_tres(req), alloc_tres=_parse_tres(alloc),
+            workdir=wd, req_tres=_parse_tres(req), alloc_tres=_parse_tres(alloc), elapsed_s=int(elapsed or 0),
         )
         by_rule.setdefault(job.rule, []).append(job)
     return by_rule
@@ -335,11 +349,12 @@ def jobs_submitted_with_gpu(workdir: Path, env: dict, *, since: str = "now-1days
 
 
 def plugin_log_rules(workdir: Path) -> set[str]:
-    """Rules with a per-job log of the Slurm plugin (.snakemake/slurm_logs/rule_<rule>/)."""
+    """Rules and group jobs with a per-job log of the Slurm plugin (.snakemake/slurm_logs/rule_<rule>/,
+    group_<group job name>/), by the name sacct shows."""
     logdir = Path(workdir) / ".snakemake" / "slurm_logs"
     return {
-        p.name[len("rule_"):]
-        for p in logdir.glob("rule_*")
+        p.name.split("_", 1)[1]
+        for p in [*logdir.glob("rule_*"), *logdir.glob("group_*")]
         if p.is_dir() and any(p.rglob("*.log"))
     }
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -62,10 +63,13 @@ def synthetic_runs() -> pd.DataFrame:
 # ---------------------------------------------------------------- formatting and maths
 
 def test_formatting():
-    assert fmt_mean_std(0.123456, 0.01) == "0.1235 ± 0.0100"
-    assert fmt_mean_std(math.nan, 0.1) == MISSING
-    assert fmt_f1_acc(0.5, 0.0, 0.25, 0.125) == "0.5000 ± 0.0000 (0.2500 ± 0.1250)"
-    assert fmt_f1_acc(0.5, 0.0, math.nan, math.nan) == "0.5000 ± 0.0000"
+    assert fmt_mean_std(0.123456, 0.01, 2) == "0.1235 ± 0.0100"
+    assert fmt_mean_std(math.nan, 0.1, 2) == MISSING
+    assert fmt_f1_acc(0.5, 0.0, 0.25, 0.125, 3) == "0.5000 ± 0.0000 (0.2500 ± 0.1250)"
+    assert fmt_f1_acc(0.5, 0.0, math.nan, math.nan, 3) == "0.5000 ± 0.0000"
+    # One seed has no spread: its value alone, never "± 0.0000".
+    assert fmt_mean_std(0.123456, 0.0, 1) == "0.1235"
+    assert fmt_f1_acc(0.5, 0.0, 0.25, 0.0, 1) == "0.5000 (0.2500)"
     assert fmt_pct(-27.4864) == "-27.49%" and fmt_pct(3.0) == "+3.00%" and fmt_pct(math.nan) == MISSING
     assert math.isnan(pct_change(0.5, 0.0)) and math.isnan(pct_change(math.nan, 0.5))
 
@@ -91,7 +95,7 @@ def test_table2_percent_change_uses_unrounded_means():
     assert f"{rounded_first:+.2f}%" == "+10.00%"  # the test values really tell the two apart
     assert num.loc[("toy", "ft-e2e"), "pct_change_vs_original"] == pytest.approx((0.09 - 0.10004) / 0.10004 * 100)
     assert shown.loc[("toy", "Original"), "% change vs Original"] == "(reference)"
-    assert shown.loc[("toy", "FT-Proj"), "MLLM macro-F1"] == "0.5000 ± 0.0000"
+    assert shown.loc[("toy", "FT-Proj"), "MLLM macro-F1"] == "0.5000 ± 0.0000"  # two equal seeds
     assert shown.loc[("toy", "FT-E2E"), "MLLM macro-F1"] == MISSING  # no MLLM run for ft-e2e
     # A dataset without probes still gets its rows, all missing.
     assert shown.loc[("other", "FT-Proj"), "Post-proj. probe macro-F1"] == MISSING
@@ -105,8 +109,8 @@ def test_table1_by_hand():
     assert list(shown.index) == ["Random", "CLIP zero-shot", "LLaVA zero-shot", "FT-Proj", "FT-E2E"]
     assert list(shown.columns) == ["toy", "other"]
     assert shown.loc["LLaVA zero-shot", "toy"] == "0.3000 ± 0.1414 (0.3000 ± 0.0707)"
-    assert shown.loc["Random", "toy"] == "0.0500 ± 0.0000 (0.0600 ± 0.0000)"
-    assert shown.loc["Random", "other"] == "0.3000 ± 0.0000 (0.4000 ± 0.0000)"
+    assert shown.loc["Random", "toy"] == "0.0500 (0.0600)"  # one seed
+    assert shown.loc["Random", "other"] == "0.3000 (0.4000)"
     assert shown.loc["CLIP zero-shot", "toy"] == MISSING
     assert shown.loc["FT-E2E", "toy"] == MISSING
     invalid = t.sections[0][1].set_index("Method")
@@ -122,7 +126,7 @@ def test_table1_by_hand():
 def test_table1_shows_lora_only_when_present():
     runs = pd.concat([synthetic_runs(), runs_frame([("toy", "ft-lora", 0, "mllm", "macro_f1", 0.6)])])
     shown = table1(runs).display.set_index("Method")
-    assert shown.loc["FT-LoRA", "toy"] == "0.6000 ± 0.0000"
+    assert shown.loc["FT-LoRA", "toy"] == "0.6000"
 
 
 def test_table3_by_hand():
@@ -283,3 +287,35 @@ def test_differences_that_round_to_zero_have_no_minus_sign():
     from projection_probe.report.tables import fmt_signed
     assert fmt_signed(-0.00001) == "+0.0000" and fmt_pct(-0.001) == "+0.00%"
     assert fmt_signed(-0.0001) == "-0.0001"
+
+
+def test_one_seed_tables_show_no_std_and_say_1_seed():
+    runs = runs_frame([("toy", "-", 0, "probe_image_only", "macro_f1", 0.75),
+                       ("toy", "-", 0, "probe_image_only", "accuracy", 0.8)])
+    t = table3(runs)
+    assert t.display.loc[0, "Image-only MLP macro-F1 (accuracy)"] == "0.7500 (0.8000)"
+    assert "1 seed" in t.notes[0] and "seed(s)" not in t.notes[0] and "±" not in t.notes[0], t.notes
+    two = table3(synthetic_runs())
+    assert "over 2 seeds per cell." in two.notes[0] and "seed(s)" not in two.notes[0], two.notes
+    # Cells of 1 and of 2 seeds in one table: the range, and how a one-seed cell reads.
+    mixed = table1(synthetic_runs())
+    assert "over 1–2 seeds per cell; a cell of 1 seed shows its value alone." in mixed.notes[0], mixed.notes
+
+
+@pytest.mark.parametrize("name", ["workflow.rst", "table2.rst", "table3.rst"])
+def test_report_texts_say_over_1_seed_or_n_seeds(name):
+    """The report's front page and captions as Snakemake renders them (jinja2 with trim_blocks and
+    lstrip_blocks, snakemake/report/__init__.py), joined into lines as reStructuredText does."""
+    from types import SimpleNamespace
+
+    from jinja2 import Environment
+
+    template = Environment(trim_blocks=True, lstrip_blocks=True).from_string(
+        (REPO / "workflow" / "report" / name).read_text())
+
+    def text(seeds):
+        return " ".join(template.render(snakemake=SimpleNamespace(config={"seeds": seeds})).split())
+
+    one, three = text([0]), text([0, 1, 2])
+    assert re.search(r"over 1 (probe )?seed\b(?!s)", one) and "1seed" not in one, one
+    assert re.search(r"over 3 (probe )?seeds\b", three), three

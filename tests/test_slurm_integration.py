@@ -9,6 +9,7 @@ what went through Slurm comes from sacct (see tests/slurm_support.py for why).
 
 from __future__ import annotations
 
+import os
 import re
 import textwrap
 from pathlib import Path
@@ -70,72 +71,185 @@ def test_slurm_profile_matches_the_workflow_rules():
         assert not set_resources[rule].get("gpu"), f"non-GPU rule {rule} requests a GPU in the profile"
     assert not LOCAL_RULES & set(set_resources), "local rules never reach Slurm: no resources for them"
     assert profile["executor"] == "slurm" and profile["slurm-status-command"] in {"sacct", "squeue"}
+    # The group patterns the profile switches on are the workflow's (workflow/rules/common.smk), and every
+    # grouped rule takes the one `serial` slot that sizes a group as its members in series.
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    patterns = dict(re.findall(r'^(MODEL_GROUP|CPU_GROUP) = "(.+)"$', common, flags=re.MULTILINE))
+    assert sorted(c.split("=")[0] for c in profile["group-components"]) == sorted(patterns.values())
+    assert profile["resources"] == ["serial=1"] and profile["set-resource-scopes"] == ["serial=local"]
+    for rule in ("classify", "extract_features", "train_probe_post", "train_probe_image_only"):
+        assert set_resources[rule]["serial"] == 1, rule
     local = yaml.safe_load(LOCAL_PROFILE.read_text())
     assert local["cores"] == "all" and local["rerun-incomplete"] is True
 
 
 TOY_SNAKEFILE = textwrap.dedent(
     """
-    # Toy workflow with the real rule names, so that the real profile's set-resources apply.
+    # Toy workflow with the real rule names, so that the real profile's set-resources apply, and the
+    # workflow's group patterns (workflow/rules/common.smk), so that the profile's group-components apply.
     localrules: all, make_tables
+    wildcard_constraints:
+        dataset="toy", setting="ft", seed=r"\\d+", mode="a|b"
 
     rule all:
         input: "tables.txt"
 
-    rule finetune:  # GPU rule: the count from here (as the real rule), gpu_model from the profile
+    rule finetune:  # GPU rule on its own: the count from here (as the real rule), gpu_model from the profile
         output: "finetune.txt"
         resources: gpu=1
         shell:
             "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"
             " > {output}"
 
-    rule train_probe_post:  # CPU rule that goes to Slurm without a GPU
-        output: "probe.txt"
+    # One trained model's GPU jobs: one group job on one GPU.
+    rule classify:
+        input: "finetune.txt"
+        output: "{dataset}/{setting}/seed{seed}/classify_{mode}.txt"
+        group: "model_{dataset}_{setting}_seed{seed}"
+        resources: gpu=1
+        shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
+
+    rule extract_features:
+        input: "finetune.txt"
+        output: "{dataset}/{setting}/seed{seed}/features.txt"
+        group: "model_{dataset}_{setting}_seed{seed}"
+        resources: gpu=1
+        shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
+
+    # One (dataset, seed)'s CPU probes: one group job without a GPU. The image-only probe runs after
+    # the post probe and fails on its first try, so the group job is retried.
+    rule train_probe_post:
+        input: "{dataset}/{setting}/seed{seed}/features.txt"
+        output: "{dataset}/{setting}/seed{seed}/probe_post.txt"
+        group: "cpu_{dataset}_seed{seed}"
+        shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo post > {output}"
+
+    rule train_probe_image_only:
+        input: "{dataset}/ft/seed{seed}/probe_post.txt"
+        output: "{dataset}/seed{seed}/probe_image_only.txt"
+        group: "cpu_{dataset}_seed{seed}"
         shell:
-            "echo SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"
-            " > {output}"
+            "echo $SLURM_JOB_ID {rule} >> runs.txt;"
+            " if [ ! -e failed_once ]; then touch failed_once; exit 1; fi; echo image_only > {output}"
 
     rule make_tables:  # local rule: runs inside the Snakemake process on the submitting node
-        input: "finetune.txt", "probe.txt"
+        input:
+            "finetune.txt", "toy/ft/seed0/classify_a.txt", "toy/ft/seed0/classify_b.txt",
+            "toy/seed0/probe_image_only.txt"
         output: "tables.txt"
         shell: "cat {input} > {output}; echo local SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} >> {output}"
     """
 )
+TOY_RULES = {"finetune", "classify", "extract_features", "train_probe_post", "train_probe_image_only"}
 
 
 @pytest.mark.slurm
 @pytest.mark.slow  # it starts a Slurm cluster (tens of seconds), so the quick lane leaves it out
-def test_slurm_runs_gpu_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_path):  # noqa: F811 (fixture)
+def test_slurm_runs_gpu_groups_and_local_rules_of_a_toy_workflow(slurm_cluster, tmp_path):  # noqa: F811 (fixture)
+    """The profile's grouping on a real cluster: one Slurm job with one GPU for a model's classify
+    and extract_features jobs, one without a GPU for the probes; a probe that fails once makes its
+    group job run again. Retries are on here (the test profile has none) to show that."""
     workdir = tmp_path / "toy"
     workdir.mkdir()
     (workdir / "Snakefile").write_text(TOY_SNAKEFILE)
     profile = make_test_profile(tmp_path)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    (profile / "config.yaml").write_text(yaml.safe_dump({**settings, "retries": 1}, sort_keys=False))
     output = run_snakemake(
         ["--profile", str(profile), "-s", str(workdir / "Snakefile"), "--directory", str(workdir)],
         env=slurm_cluster.env, log_path=tmp_path / "snakemake_toy.log", timeout=600,
     )
 
-    jobs = wait_for_accounting(workdir, slurm_cluster.env, {"finetune", "train_probe_post"})
-    assert set(jobs) == {"finetune", "train_probe_post"}, f"rules seen by sacct: {jobs}"
-    for rule, rule_jobs in jobs.items():
-        assert len(rule_jobs) == 1 and rule_jobs[0].state in OK_STATES, f"{rule}: {rule_jobs}"
-    # (a) the GPU rule asked for, and got, one typed GPU; the CPU rule none.
+    model_group = "model_toy_ft_seed0_classify_extract_features"
+    cpu_group = "cpu_toy_seed0_train_probe_image_only_train_probe_post"
+    jobs = wait_for_accounting(workdir, slurm_cluster.env, {"finetune", model_group, cpu_group})
+    assert set(jobs) == {"finetune", model_group, cpu_group}, f"jobs seen by sacct: {jobs}"
+    assert jobs[model_group][0].member_rules(TOY_RULES) == {"classify", "extract_features"}
+    # (a) the GPU rule and the GPU group each asked for, and got, one typed GPU; the CPU group none.
     gpu_jobs = jobs_submitted_with_gpu(workdir, slurm_cluster.env)
-    assert set(gpu_jobs) == {"finetune"}, gpu_jobs
-    (ft,) = gpu_jobs["finetune"]
-    assert ft.gpus == 1 and ft.allocated_gpus == 1 and ft.gpu_types == {GPU_TYPE: 1}, ft
-    assert jobs["train_probe_post"][0].gpus == 0
+    assert set(gpu_jobs) == {"finetune", model_group}, gpu_jobs
+    for name in ("finetune", model_group):
+        (job,) = gpu_jobs[name]
+        assert job.state in OK_STATES and job.gpus == 1 and job.allocated_gpus == 1, job
+        assert job.gpu_types == {GPU_TYPE: 1}, job
+    ft = gpu_jobs["finetune"][0]
     ft_out = (workdir / "finetune.txt").read_text()
     assert f"SLURM_JOB_ID={ft.jobid} " in ft_out and "CUDA_VISIBLE_DEVICES=unset" not in ft_out, ft_out
-    # (b) the local rule ran in the Snakemake process, outside any Slurm job.
-    assert "make_tables" not in jobs
+    # The three members ran in the group's one allocation, one after another, on its GPU.
+    runs = [line.split() for line in (workdir / "runs.txt").read_text().splitlines()]
+    model_job = gpu_jobs[model_group][0].jobid
+    assert sorted(rule for jobid, rule in runs if jobid == model_job) == ["classify", "classify", "extract_features"]
+    # (b) the failing probe's group job ran twice: first FAILED, then COMPLETED. The retry runs every
+    # member again, the one that had finished too: Snakemake 9.27 resubmits the whole group, and its
+    # job step builds the members with --force (docs/cluster.md, "Group jobs").
+    attempts = sorted(jobs[cpu_group], key=lambda j: int(j.jobid))
+    assert [j.state for j in attempts] == ["FAILED", "COMPLETED"] and all(j.gpus == 0 for j in attempts), attempts
+    ran = {(jobid, rule) for jobid, rule in runs if rule.startswith("train_probe")}
+    assert ran == {(a.jobid, rule) for a in attempts for rule in ("train_probe_post", "train_probe_image_only")}, ran
+    assert (workdir / "toy" / "seed0" / "probe_image_only.txt").read_text() == "image_only\n"
+    # (c) the local rule ran in the Snakemake process, outside any Slurm job.
     assert "make_tables" in local_rules_in_log(output)
     assert "local SLURM_JOB_ID=none" in (workdir / "tables.txt").read_text()
     # The plugin's own logs agree with sacct.
-    assert plugin_log_rules(workdir) == {"finetune", "train_probe_post"}
+    assert plugin_log_rules(workdir) == set(jobs)
     write_summary([f"[slurm toy] jobs through Slurm: {sum(map(len, jobs.values()))} "
                    f"({', '.join(f'{r}={len(j)}' for r, j in sorted(jobs.items()))}); "
-                   f"GPU jobs: {sum(map(len, gpu_jobs.values()))}"])
+                   f"GPU jobs: {sum(map(len, gpu_jobs.values()))}; runs of the probes: {sorted(ran)}"])
+
+
+ARRAY_SNAKEFILE = textwrap.dedent(
+    """
+    # Toy GPU jobs under the real rule names, without groups: with the profile's grouping off, the
+    # jobs of a rule listed in slurm-array-jobs go to Slurm as one job array.
+    localrules: all
+
+    rule all:
+        input: expand("classify_{mode}.txt", mode=["a", "b", "c"]), expand("features_{seed}.txt", seed=[0, 1])
+
+    rule classify:
+        output: "classify_{mode}.txt"
+        resources: gpu=1
+        shell: "echo array=${{SLURM_ARRAY_JOB_ID:-none}} > {output}"
+
+    rule extract_features:
+        output: "features_{seed}.txt"
+        resources: gpu=1
+        shell: "echo array=${{SLURM_ARRAY_JOB_ID:-none}} > {output}"
+    """
+)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_array_switch_submits_one_array_per_rule(slurm_cluster, tmp_path):  # noqa: F811 (fixture)
+    """The profile's other way (docs/cluster.md, "Job arrays"): grouping off, `slurm-array-jobs` on
+    for classify and extract_features, as the profile's comment says."""
+    workdir = tmp_path / "arrays"
+    workdir.mkdir()
+    (workdir / "Snakefile").write_text(ARRAY_SNAKEFILE)
+    profile = make_test_profile(tmp_path)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    switch = re.search(r"^# (slurm-array-jobs: .+)$", SLURM_PROFILE.read_text(), flags=re.MULTILINE)
+    assert switch and "group-components" in settings, "the profile's array switch or grouping line is gone"
+    del settings["group-components"]
+    settings.update(yaml.safe_load(switch.group(1)))
+    # Snakemake hands the plugin at most `jobs` ready jobs at a time, and an array holds only those:
+    # room for all five here, so that each rule's jobs are one array.
+    settings["jobs"] = 10
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    run_snakemake(["--profile", str(profile), "-s", str(workdir / "Snakefile"), "--directory", str(workdir)],
+                  env=slurm_cluster.env, log_path=tmp_path / "snakemake_arrays.log", timeout=600)
+
+    jobs = wait_for_accounting(workdir, slurm_cluster.env, {"classify", "extract_features"})
+    assert {r: len(js) for r, js in jobs.items()} == {"classify": 3, "extract_features": 2}, jobs
+    for rule, js in jobs.items():
+        assert all(j.state in OK_STATES and j.gpus == 1 and j.allocated_gpus == 1 for j in js), js
+        # One array per rule: every task of the rule names the same array job id.
+        prefix = {"classify": "classify_", "extract_features": "features_"}[rule]
+        arrays = {(workdir / name).read_text().strip() for name in os.listdir(workdir) if name.startswith(prefix)}
+        assert len(arrays) == 1 and arrays != {"array=none"}, (rule, arrays)
+    write_summary([f"[slurm arrays] tasks through Slurm: {sum(map(len, jobs.values()))} in "
+                   f"{len(jobs)} arrays (classify, extract_features)"])
 
 
 @pytest.mark.slurm
@@ -159,17 +273,32 @@ def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, tiny_models, t
     gpu_jobs = jobs_submitted_with_gpu(slurm_wd, slurm_cluster.env)
     failed = {r: [j for j in js if j.state not in OK_STATES] for r, js in jobs.items()}
     assert not any(failed.values()), f"Slurm jobs not COMPLETED: {failed}"
+    rules = _workflow_rule_names()
+    members = {name: js[0].member_rules(rules) for name, js in jobs.items()}
+    ran_on_slurm = set().union(*members.values())
 
     # (a) every GPU rule that ran went through sbatch, each job with a GPU request and allocation.
-    ran_gpu_rules = GPU_RULES & (set(jobs) | local_rules_in_log(slurm_out))
-    assert ran_gpu_rules, f"no GPU rule ran at all; rules through Slurm: {sorted(jobs)}"
-    for rule in ran_gpu_rules:
-        assert rule in jobs, f"GPU rule {rule} did not go through Slurm"
-        assert len(gpu_jobs.get(rule, [])) == len(jobs[rule]), f"{rule}: jobs without a GPU: {jobs[rule]}"
-        assert all(j.allocated_gpus >= 1 for j in jobs[rule]), jobs[rule]
-    assert not set(gpu_jobs) - GPU_RULES, f"non-GPU rules requested GPUs: {sorted(set(gpu_jobs) - GPU_RULES)}"
+    ran_gpu_rules = GPU_RULES & (ran_on_slurm | local_rules_in_log(slurm_out))
+    assert ran_gpu_rules, f"no GPU rule ran at all; jobs through Slurm: {sorted(jobs)}"
+    assert ran_gpu_rules <= ran_on_slurm, f"GPU rules not through Slurm: {sorted(ran_gpu_rules - ran_on_slurm)}"
+    for name, js in jobs.items():
+        if members[name] & GPU_RULES:
+            assert len(gpu_jobs.get(name, [])) == len(js), f"{name}: jobs without a GPU: {js}"
+            assert all(j.allocated_gpus >= 1 for j in js), js
+    assert all(members[name] & GPU_RULES for name in gpu_jobs), f"non-GPU jobs requested GPUs: {sorted(gpu_jobs)}"
+    # The profile's groups: one job per trained model (every classify mode and extract_features, on one
+    # GPU) and one per (dataset, seed) for the CPU probes; fine-tunes and vision caches on their own.
+    model_groups = {n for n in jobs if n.startswith("model_")}
+    cpu_groups = {n for n in jobs if n.startswith("cpu_")}
+    config = yaml.safe_load((slurm_wd / "micro.yaml").read_text())
+    n_models = len(config["datasets"]) * len(config["settings"]) * len(config["seeds"])
+    assert len(model_groups) == n_models and len(cpu_groups) == len(config["datasets"]) * len(config["seeds"])
+    assert all(members[n] == {"classify", "extract_features"} for n in model_groups), members
+    assert all(j.gpus == 1 for n in model_groups for j in jobs[n]), [jobs[n] for n in model_groups]
+    assert all(members[n] == {"train_probe_post", "train_probe_image_only"} for n in cpu_groups), members
+    assert not {"classify", "extract_features", "train_probe_post", "train_probe_image_only"} & set(jobs)
     # (b) local rules ran, and never through Slurm.
-    assert not LOCAL_RULES & set(jobs), f"local rules went through Slurm: {sorted(LOCAL_RULES & set(jobs))}"
+    assert not LOCAL_RULES & ran_on_slurm, f"local rules went through Slurm: {sorted(LOCAL_RULES & ran_on_slurm)}"
     assert {"make_tables"} <= local_rules_in_log(slurm_out)
     assert plugin_log_rules(slurm_wd) == set(jobs)
     # (c) same config, same tables with and without Slurm.
@@ -180,10 +309,13 @@ def test_micro_workflow_on_slurm_matches_local_run(slurm_cluster, tiny_models, t
         assert a.exists() and b.exists(), f"missing {a if not a.exists() else b}"
         assert a.read_bytes() == b.read_bytes(), f"{name} differs between the Slurm and the local run"
 
+    all_jobs = [j for js in jobs.values() for j in js]
     write_summary([
-        f"[slurm micro] jobs through Slurm: {sum(map(len, jobs.values()))}, "
-        f"with a GPU: {sum(map(len, gpu_jobs.values()))}",
+        f"[slurm micro] jobs through Slurm: {len(all_jobs)}, with a GPU: {sum(map(len, gpu_jobs.values()))}, "
+        f"Slurm job-seconds (sacct ElapsedRaw): {sum(j.elapsed_s for j in all_jobs)}",
+        f"  group jobs: {len(model_groups)} per trained model (classify + extract_features, 1 GPU each), "
+        f"{len(cpu_groups)} per (dataset, seed) (probes)",
         "  by rule: " + ", ".join(f"{r}={len(js)}{' (gpu)' if r in gpu_jobs else ''}"
-                                  for r, js in sorted(jobs.items())),
+                                  for r, js in sorted(jobs.items()) if r in rules),
         f"  local rules: {', '.join(sorted(local_rules_in_log(slurm_out)))}",
     ])

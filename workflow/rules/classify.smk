@@ -11,6 +11,8 @@ rule classify:
         f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
     log:
         log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
+    group:
+        slurm_group(MODEL_GROUP)
     conda:
         CONDA_ENV
     threads: THREADS

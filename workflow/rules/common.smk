@@ -146,6 +146,29 @@ wildcard_constraints:
     mode="|".join(MODES),
 
 
+# Slurm group jobs (docs/cluster.md). On a cluster the jobs of one group id run one after another in one
+# Slurm job: every classify mode and the feature extraction of one trained model, and the CPU probes of
+# one (dataset, seed). A group exists only where the profile's `group-components` names its pattern, so
+# that one profile line turns grouping off (and job arrays on). Locally, Snakemake ignores groups.
+MODEL_GROUP = "model_{dataset}_{setting}_seed{seed}"
+CPU_GROUP = "cpu_{dataset}_seed{seed}"
+
+
+def slurm_group(pattern):
+    """The group of a job (a function of its wildcards), or none where the profile does not name `pattern`.
+    The group settings are known only once the jobs are built, hence a function; it registers the pattern
+    as Snakemake does for a group written as a pattern, so that `group-components` finds it."""
+
+    def group_id(wildcards):
+        if pattern not in workflow.group_settings.group_components:
+            return None
+        resolved = pattern.format(**dict(wildcards.items()))
+        workflow.parent_groupids[resolved] = pattern
+        return resolved
+
+    return group_id
+
+
 def as_json(value):
     """A config value as one shell-safe argument (sorted keys, so reruns trigger only on real change)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
@@ -484,8 +507,8 @@ def analysis_similarity_inputs(wildcards):
 
 
 def analysis_similarity_file_args(wildcards, input):
-    layers = [f"{s}={getattr(input, 'layers_' + s)}" for s in SETTINGS if hasattr(input, "layers_" + s)]
-    feats = [f"{s}={getattr(input, 'features_' + s)}" for s in SETTINGS]
+    layers = [f"{s}={getattr(input, f'layers_{s}')}" for s in SETTINGS if hasattr(input, f"layers_{s}")]
+    feats = [f"{s}={getattr(input, f'features_{s}')}" for s in SETTINGS]
     return f"--layers {' '.join(layers)} --features {' '.join(feats)}"
 
 

@@ -53,6 +53,8 @@ rule extract_features:
         test=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/test.safetensors",
     log:
         log_path("extract_features", "{dataset}", "{setting}", "seed{seed}"),
+    group:
+        slurm_group(MODEL_GROUP)
     conda:
         CONDA_ENV
     threads: THREADS

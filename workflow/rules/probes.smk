@@ -11,6 +11,8 @@ rule train_probe_post:
         summary=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
     log:
         log_path("train_probe_post", "{dataset}", "{setting}", "seed{seed}"),
+    group:
+        slurm_group(CPU_GROUP)
     conda:
         CONDA_ENV
     threads: THREADS
@@ -37,6 +39,8 @@ rule train_probe_image_only:
         summary=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.json",
     log:
         log_path("train_probe_image_only", "{dataset}", "seed{seed}"),
+    group:
+        slurm_group(CPU_GROUP)
     conda:
         CONDA_ENV
     threads: THREADS

@@ -52,8 +52,10 @@ rule make_tables:
         encoder=shlex.quote(config_value("report.encoder_name", "CLIP")),
         mllm=shlex.quote(config_value("report.mllm_name", "LLaVA-1.5")),
         paper=paper_args(),
+        # The outputs' folder: where they go, not a setting.
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
-        "projection-probe make-tables --all-runs {input.all_runs} --out-dir {RESULTS}/tables --encoder-name {params.encoder}"
+        "projection-probe make-tables --all-runs {input.all_runs} --out-dir {params.out_dir} --encoder-name {params.encoder}"
         " --mllm-name {params.mllm} {params.paper} > {log} 2>&1"
 
 

@@ -4,7 +4,8 @@ Each table is written three ways: CSV (one row per cell group, means and standar
 separate numeric columns, for machines), Markdown and LaTeX (booktabs; formatted strings, for people).
 
 Conventions:
-- a cell is the mean over seeds ± the sample standard deviation (ddof=1); with one seed the std is 0;
+- a cell is the mean over seeds ± the sample standard deviation (ddof=1); a cell of one seed shows its
+  value alone (the CSV's std column is 0 there);
 - Table 2's "% change vs Original" is ``(x - orig) / orig * 100`` on the *unrounded* means;
 - a cell without data is empty in the CSV and shown as "–" in Markdown/LaTeX (never an error);
 - with a paper-results file and a dataset map, columns "paper" and "Δ" (ours − paper) are added.
@@ -39,19 +40,22 @@ def fmt_value(x, digits: int = DIGITS) -> str:
     return MISSING if _isnan(x) else f"{x:.{digits}f}"
 
 
-def fmt_mean_std(mean, std, digits: int = DIGITS) -> str:
-    """``"0.1234 ± 0.0056"``; "–" when the mean is missing."""
+def fmt_mean_std(mean, std, n_seeds: int, digits: int = DIGITS) -> str:
+    """``"0.1234 ± 0.0056"`` over 2 or more seeds, ``"0.1234"`` over one (it has no spread); "–" when
+    the mean is missing."""
     if _isnan(mean):
         return MISSING
+    if n_seeds < 2:
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {0.0 if _isnan(std) else std:.{digits}f}"
 
 
-def fmt_f1_acc(f1_mean, f1_std, acc_mean, acc_std, digits: int = DIGITS) -> str:
+def fmt_f1_acc(f1_mean, f1_std, acc_mean, acc_std, n_seeds: int, digits: int = DIGITS) -> str:
     """``"F1 ± sd (acc ± sd)"``, the paper's "macro-F1 (accuracy)" cell."""
-    f1 = fmt_mean_std(f1_mean, f1_std, digits)
+    f1 = fmt_mean_std(f1_mean, f1_std, n_seeds, digits)
     if f1 == MISSING or _isnan(acc_mean):
         return f1
-    return f"{f1} ({fmt_mean_std(acc_mean, acc_std, digits)})"
+    return f"{f1} ({fmt_mean_std(acc_mean, acc_std, n_seeds, digits)})"
 
 
 def _no_negative_zero(x: float, digits: int) -> float:
@@ -163,9 +167,11 @@ def _seed_note(counts: list[int]) -> str:
     counts = sorted({c for c in counts if c > 0})
     if not counts:
         return "No runs found."
+    if counts == [1]:
+        return f"One run per cell (1 seed), so no standard deviation. {MISSING} = no run."
     span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    return (f"Mean ± sample standard deviation (ddof=1) over {span} seed(s) per cell; the std is 0 when a "
-            f"cell has one seed. {MISSING} = no run.")
+    one = "; a cell of 1 seed shows its value alone" if counts[0] == 1 else ""
+    return f"Mean ± sample standard deviation (ddof=1) over {span} seeds per cell{one}. {MISSING} = no run."
 
 
 def table1(all_runs: pd.DataFrame, encoder_name: str = "CLIP", mllm_name: str = "MLLM",
@@ -195,8 +201,8 @@ def table1(all_runs: pd.DataFrame, encoder_name: str = "CLIP", mllm_name: str = 
             rec = {"row": label, "method": method, "setting": setting, "dataset": ds, "n_seeds": n,
                    "macro_f1_mean": f1m, "macro_f1_std": f1s, "accuracy_mean": accm, "accuracy_std": accs,
                    "invalid_rate_mean": invm, "invalid_rate_std": invs}
-            shown[ds] = fmt_f1_acc(f1m, f1s, accm, accs)
-            invalid_row[ds] = fmt_mean_std(invm, invs)
+            shown[ds] = fmt_f1_acc(f1m, f1s, accm, accs, n)
+            invalid_row[ds] = fmt_mean_std(invm, invs, n)
             if paper is not None:
                 pf1 = paper.get(ds, method, setting, "macro_f1")
                 pacc = paper.get(ds, method, setting, "accuracy")
@@ -235,9 +241,9 @@ def table2(all_runs: pd.DataFrame, paper: PaperResults | None = None) -> Table:
                    "probe_macro_f1_std": ps, "pct_change_vs_original": change, "mllm_n_seeds": mn,
                    "mllm_macro_f1_mean": mm, "mllm_macro_f1_std": ms}
             shown = {"Dataset": ds, "Setting": SETTING_LABELS.get(s, s),
-                     "Post-proj. probe macro-F1": fmt_mean_std(pm, ps),
+                     "Post-proj. probe macro-F1": fmt_mean_std(pm, ps, pn),
                      "% change vs Original": "(reference)" if s == "original" and not _isnan(pm) else fmt_pct(change),
-                     "MLLM macro-F1": fmt_mean_std(mm, ms)}
+                     "MLLM macro-F1": fmt_mean_std(mm, ms, mn)}
             if paper is not None:
                 pp = paper.get(ds, "probe_post", s, "macro_f1")
                 pmllm = paper.get(ds, "mllm", s, "macro_f1")
@@ -270,7 +276,7 @@ def table3(all_runs: pd.DataFrame, paper: PaperResults | None = None) -> Table:
         counts.append(n)
         rec = {"dataset": ds, "n_seeds": n, "macro_f1_mean": f1m, "macro_f1_std": f1s,
                "accuracy_mean": accm, "accuracy_std": accs}
-        shown = {"Dataset": ds, "Image-only MLP macro-F1 (accuracy)": fmt_f1_acc(f1m, f1s, accm, accs)}
+        shown = {"Dataset": ds, "Image-only MLP macro-F1 (accuracy)": fmt_f1_acc(f1m, f1s, accm, accs, n)}
         if paper is not None:
             pf1 = paper.get(ds, "probe_image_only", NO_SETTING, "macro_f1")
             pacc = paper.get(ds, "probe_image_only", NO_SETTING, "accuracy")
