@@ -1,6 +1,8 @@
 """CLI: convert-llm (GGUF → safetensors) and build-base-model (a facade.json over a llava-hf checkpoint)."""
 from __future__ import annotations
 
+from projection_probe.names import IMAGE_PREPROCESSINGS, TEMPLATES
+
 
 def run_convert_llm(args) -> None:
     from projection_probe.models.convert import convert_gguf_to_safetensors
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("build-base-model", help="the Original MLLM from a llava-hf checkpoint")
     p.add_argument("--llava-hf", required=True, help="local llava-hf checkpoint folder")
-    p.add_argument("--template", default="v1", choices=["v1", "plain", "llava_hf", "chatml"])
-    p.add_argument("--image-preprocessing", default="pad", choices=["pad", "square"])
+    p.add_argument("--template", default="v1", choices=TEMPLATES)
+    p.add_argument("--image-preprocessing", default="pad", choices=IMAGE_PREPROCESSINGS)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_build_base_model)

@@ -31,13 +31,14 @@ from torch.utils.data import ConcatDataset
 
 from projection_probe.hyperparams import AlignHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, write_json
+from projection_probe.names import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
 CAPTION_SOURCES = ("imagenet_top1", "none-fixed")
 CAPTION_FORMAT = "a photo of a {name}"
 FIXED_CAPTION = "a photo"
-ALIGN_PROMPT = "<image>"  # the plain template drops the human text anyway
+ALIGN_PROMPT = IMAGE_PLACEHOLDER  # the plain template drops the human text anyway
 
 
 def imagenet_class_names() -> list[str]:

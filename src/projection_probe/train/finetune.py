@@ -27,10 +27,10 @@ from transformers import Trainer, TrainingArguments
 
 from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
+from projection_probe.names import FINETUNE_SETTINGS as SETTINGS
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("ft-proj", "ft-e2e", "ft-lora")
 WORK_SUFFIX = ".work"
 CHECKPOINT_WEIGHTS = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
 TRAINER_STATE = "trainer_state.json"  # written last in a checkpoint: its presence marks a complete one
