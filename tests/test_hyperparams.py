@@ -19,6 +19,7 @@ from projection_probe.hyperparams import (
     ProbeHyperparams,
     defaults,
     from_args,
+    to_options,
 )
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
@@ -146,6 +147,33 @@ def test_workflow_command_lines_parse_into_the_dataclasses():
     assert parse(PROBE_LINE, ProbeHyperparams) == ProbeHyperparams(
         hidden=(32, 16), lr=1e-3, batch_size=16, max_epochs=15, patience=3, val_fraction=0.2, standardize=True,
         restore_best=False, seed=1)
+
+
+@pytest.mark.parametrize("hp", [
+    FinetuneHyperparams(lr=2e-4, effective_batch=8, per_device_batch=4, bf16=True, max_examples=None,
+                        checkpoint_every_steps=None, template=None, optim="adamw torch"),
+    FinetuneHyperparams(lr=1e-3, effective_batch=2, per_device_batch=1, gradient_checkpointing=True, max_examples=30,
+                        template="chatml", model_max_length=None),
+    ProbeHyperparams(hidden=(32, 16), standardize=True, restore_best=False, val_source="test"),
+    ProbeHyperparams(),
+    ClassifyHyperparams(stop_at_newline=False, max_new_tokens=7, parser="exact"),
+], ids=["finetune-flags-on", "finetune-flags-off", "probe-changed", "probe-defaults", "classify"])
+def test_generated_options_parse_back_into_the_same_dataclass(hp):
+    """The workflow's option strings (to_options) are what the subcommand parses into its dataclass."""
+    cls = type(hp)
+    name, required = {FinetuneHyperparams: ("finetune", "--base-model m --prompts p --vision-cache v --setting ft-proj"
+                                                        " --threads 1 --out-dir o"),
+                      ProbeHyperparams: ("train-probe", "--train a --test b --classes c --feature post"
+                                                        " --out-predictions p --out-json s"),
+                      ClassifyHyperparams: ("classify", "--model m --prompts p --vision-cache v --classes c"
+                                                        " --out o")}[cls]
+    line = f"{name} {required} {to_options(cls, dataclasses.asdict(hp))}"
+    assert parse(line, cls) == hp
+
+
+def test_generated_options_refuse_a_key_that_is_not_a_field():
+    with pytest.raises(ValueError, match="FinetuneHyperparams has no field 'kind'"):
+        to_options(FinetuneHyperparams, {"lr": 1e-3, "kind": "ft-proj"})
 
 
 def test_zero_means_none_and_bad_values_are_refused(capsys):

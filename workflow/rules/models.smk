@@ -21,7 +21,7 @@ if MODEL["loader"] == "llava_hf":
 
     rule build_base_model:
         output:
-            f"{RESULTS}/models/base/facade.json",
+            BASE_MODEL_SPEC,
         log:
             log_path("build_base_model", "base"),
         localrule: True
@@ -43,7 +43,7 @@ else:
             caches=[vision_cache(d) for d in config_value("align.datasets", DATASETS)],
             manifests=[data_file(d, "manifest.csv") for d in config_value("align.datasets", DATASETS)],
         output:
-            f"{RESULTS}/models/base/facade.json",
+            BASE_MODEL_SPEC,
         log:
             log_path("align_projector", "base"),
         conda:
@@ -52,9 +52,8 @@ else:
         # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
         # Not derived from --cores: an executor run (Slurm) has no total core count.
         threads: int(config_value("resources.align_threads", THREADS))
-        # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
         resources:
-            gpu=1,
+            **ONE_GPU,
         params:
             vision=as_json(MODEL["vision"]),
             projector=config_value("model.projector", "mlp2x_gelu"),
