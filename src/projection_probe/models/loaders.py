@@ -6,8 +6,6 @@ pointer to their base, so the spec is resolved by merging along the `base` chain
 """
 from __future__ import annotations
 
-import copy
-import json
 import logging
 from pathlib import Path
 
@@ -22,7 +20,6 @@ from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncode
 log = logging.getLogger(__name__)
 
 FACADE_FILE = "facade.json"
-PROJECTOR_FILE = "projector.safetensors"
 
 # transformers >= 4.52 saves `model.vision_tower.*`; the llava-hf hub checkpoints use `vision_tower.*`.
 LLAVA_VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
@@ -165,13 +162,6 @@ def load_llava_hf_vision_and_projector(path: str | Path, dtype=torch.float32):
 
 
 # ---------------------------------------------------------------------------- parts
-def from_parts(vision, projector, language_model, tokenizer, template: str = "v1",
-               image_preprocessing: str = "pad") -> MultimodalLM:
-    """Compose a vision encoder, a projector and a causal LM."""
-    return MultimodalLM(vision, projector, language_model, tokenizer, template=template,
-                        image_preprocessing=image_preprocessing)
-
-
 def build_vision(spec: dict, dtype=torch.float32):
     kind = spec.get("kind")
     if kind == "efficientnet_lite0":
@@ -294,6 +284,3 @@ def save_projector(facade: MultimodalLM, path: str | Path) -> None:
 
     save_safetensors(path, {k: v.detach().cpu() for k, v in facade.projector.state_dict().items()})
 
-
-def describe(spec: dict) -> str:
-    return json.dumps(copy.deepcopy(spec), indent=2)
