@@ -196,17 +196,18 @@ def test_pooled_features_need_no_language_model(tiny_llava, tmp_path):
 
 
 def test_load_facade_from_spec_with_base_pointer(tiny_llava, tmp_path):
-    from projection_probe.models.loaders import save_projector, write_facade_spec
+    from projection_probe.models.loaders import save_projector
+    from projection_probe.models.spec import FacadeSpec
 
     base = tmp_path / "base"
-    write_facade_spec(base, {"format_version": 1, "llava_hf": str(tiny_llava[0]), "template": "v1"})
+    FacadeSpec(llava_hf=str(tiny_llava[0]), template="v1").to_json(base)
     facade = load_facade(base)
     with torch.no_grad():
         for p in facade.projector.parameters():
             p.add_(1.0)
     tuned = tmp_path / "tuned"
     save_projector(facade, tuned / "projector.safetensors")
-    write_facade_spec(tuned, {"base": "../base", "projector": {"weights": "projector.safetensors"}})
+    FacadeSpec(base="../base", projector={"weights": "projector.safetensors"}).to_json(tuned)
     reloaded = load_facade(tuned, with_language_model=False)
     for a, b in zip(reloaded.projector.parameters(), facade.projector.parameters()):
         assert torch.equal(a, b)

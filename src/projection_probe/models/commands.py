@@ -14,15 +14,15 @@ def run_build_base_model(args) -> None:
     from pathlib import Path
 
     from projection_probe.io import InputError
-    from projection_probe.models.loaders import write_facade_spec
+    from projection_probe.models.spec import FacadeSpec
 
     checkpoint = Path(args.llava_hf)
     if not (checkpoint / "config.json").exists():
         raise InputError(f"model.llava_hf = {args.llava_hf}: no config.json there. Download the checkpoint "
                          f"(e.g. `huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir {args.llava_hf}`) "
                          f"on a machine with internet, or point model.llava_hf at a local folder")
-    write_facade_spec(args.out_dir, {"format_version": 1, "llava_hf": str(checkpoint.resolve()),
-                                     "template": args.template, "image_preprocessing": args.image_preprocessing})
+    FacadeSpec(llava_hf=str(checkpoint.resolve()), template=args.template,
+               image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
 
 
 def register(subparsers) -> None:

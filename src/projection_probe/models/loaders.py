@@ -11,15 +11,14 @@ from pathlib import Path
 
 import torch
 
-from projection_probe.io import InputError, load_safetensors, read_json, write_json
+from projection_probe.io import InputError, load_safetensors, read_json
 from projection_probe.models.facade import MultimodalLM
 from projection_probe.models.projector import MLP2xGeluProjector, build_projector
+from projection_probe.models.spec import FacadeSpec
 from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, EfficientNetLiteEncoder
 
 log = logging.getLogger(__name__)
-
-FACADE_FILE = "facade.json"
 
 # transformers >= 4.52 saves `model.vision_tower.*`; the llava-hf hub checkpoints use `vision_tower.*`.
 LLAVA_VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
@@ -197,11 +196,7 @@ def resolve_spec(model_dir: str | Path) -> dict:
     """The full spec of a model folder: its `facade.json` merged over its base's, with every path
     made absolute."""
     model_dir = Path(model_dir).resolve()
-    spec_file = model_dir / FACADE_FILE
-    if not spec_file.exists():
-        raise InputError(f"{spec_file}: not found; is {model_dir} a finished model folder?")
-    spec = read_json(spec_file)
-    spec = _absolute_paths(spec, model_dir)
+    spec = _absolute_paths(FacadeSpec.from_json(model_dir).as_dict(), model_dir)
     base = spec.pop("base", None)
     if base:
         merged = resolve_spec(base)
@@ -222,10 +217,6 @@ def _absolute_paths(obj, root: Path):
         return {k: (str((root / v).resolve()) if k in _PATH_KEYS and isinstance(v, str) else _absolute_paths(v, root))
                 for k, v in obj.items()}
     return obj
-
-
-def write_facade_spec(model_dir: str | Path, spec: dict) -> None:
-    write_json(Path(model_dir) / FACADE_FILE, spec)
 
 
 def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,

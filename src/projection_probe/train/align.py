@@ -30,6 +30,7 @@ from torch.utils.data import ConcatDataset
 
 from projection_probe.hyperparams import AlignHyperparams, with_fields
 from projection_probe.io import InputError
+from projection_probe.models.spec import FacadeSpec
 from projection_probe.names import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -138,20 +139,17 @@ def _check_align_inputs(vision_caches: list, manifests: list, hp: AlignHyperpara
 
 
 def aligned_base_spec(vision_spec: dict, llm_dir: str | Path, out_dir: Path, projector_sizes: tuple[int, int],
-                    hp: AlignHyperparams, num_examples: int, image_preprocessing: str | None) -> dict:
+                      hp: AlignHyperparams, num_examples: int, image_preprocessing: str | None) -> FacadeSpec:
     """facade.json of the aligned base model, less the projector weights' entry."""
     in_features, out_features = projector_sizes
-    spec = {"format_version": 1,
-            "vision": _relative_paths(vision_spec, out_dir),
-            "projector": {"kind": hp.projector, "in_features": in_features, "out_features": out_features},
-            "language_model": {"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
-            "base": None, "template": hp.output_template,
-            "align": {"caption_source": hp.caption_source, "template": hp.template, "lr": hp.lr, "epochs": hp.epochs,
-                      "effective_batch": hp.effective_batch, "seed": hp.seed, "max_examples": hp.max_examples,
-                      "num_examples": num_examples}}
-    if image_preprocessing:
-        spec["image_preprocessing"] = image_preprocessing
-    return spec
+    return FacadeSpec(
+        vision=_relative_paths(vision_spec, out_dir),
+        projector={"kind": hp.projector, "in_features": in_features, "out_features": out_features},
+        language_model={"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
+        template=hp.output_template, image_preprocessing=image_preprocessing or None,
+        align={"caption_source": hp.caption_source, "template": hp.template, "lr": hp.lr, "epochs": hp.epochs,
+               "effective_batch": hp.effective_batch, "seed": hp.seed, "max_examples": hp.max_examples,
+               "num_examples": num_examples})
 
 
 def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[str | Path],

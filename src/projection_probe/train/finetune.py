@@ -28,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 
 from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
+from projection_probe.models.spec import FACADE_FILE, FacadeSpec
 from projection_probe.names import FINETUNE_SETTINGS as SETTINGS
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,8 @@ def work_dir_of(out_dir: str | Path) -> Path:
     return Path(str(out_dir) + WORK_SUFFIX)
 
 
-def publish_model_folder(out_dir: Path, spec: dict, train_log: dict, write_weights: Callable[[Path], dict]) -> None:
+def publish_model_folder(out_dir: Path, spec: FacadeSpec, train_log: dict,
+                         write_weights: Callable[[Path], dict]) -> None:
     """Publish the model folder `out_dir` at once: `write_weights(folder)` saves the trained weights
     there and returns the facade.json entries that point at them, which complete those of `spec`
     (one level deep: a projector's weights join its kind and sizes); then facade.json and
@@ -369,15 +371,10 @@ def publish_model_folder(out_dir: Path, spec: dict, train_log: dict, write_weigh
     must call it, and returns once the folder is there."""
     from accelerate import PartialState
 
-    from projection_probe.models.loaders import FACADE_FILE
-
     partial = PartialState()
     if partial.is_main_process:
         with atomic_dir(out_dir) as tmp:
-            spec = dict(spec)
-            for key, entry in write_weights(tmp).items():
-                spec[key] = {**spec[key], **entry} if isinstance(spec.get(key), dict) else entry
-            write_json(tmp / FACADE_FILE, spec)
+            spec.with_entries(write_weights(tmp)).to_json(tmp)
             write_json(tmp / "train_log.json", train_log)
         # The published folder is complete; the checkpoints are no longer needed.
         shutil.rmtree(work_dir_of(out_dir), ignore_errors=True)
@@ -419,7 +416,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     from transformers import set_seed
 
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.loaders import FACADE_FILE, load_facade
+    from projection_probe.models.loaders import load_facade
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
     hp = with_fields(FinetuneHyperparams, hp, fields)
@@ -453,15 +450,15 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
 
     state = full_state_dict(trainer)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    spec = {"format_version": 1, "base": os.path.relpath(base_model_dir, out_dir), "setting": setting}
     # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
     # evaluation keeps the base's conversation template, as the authors' cli.py did.
     # The images this model was trained on were preprocessed this way (a setting may differ from
     # the base: the authors' FT-Proj used `square`), so its evaluation and probes use it too.
-    if cache.image_preprocessing:
-        spec["image_preprocessing"] = cache.image_preprocessing
-    spec["training"] = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
-    spec["training"].update(lr=hp.lr, effective_batch=hp.effective_batch, seed=hp.seed, epochs=hp.epochs)
+    training = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
+    spec = FacadeSpec(base=os.path.relpath(base_model_dir, out_dir), setting=setting,
+                      image_preprocessing=cache.image_preprocessing or None,
+                      training={**training, "lr": hp.lr, "effective_batch": hp.effective_batch, "seed": hp.seed,
+                                "epochs": hp.epochs})
     publish_model_folder(out_dir, spec, train_log, lambda folder: write_trained_parts(
         unwrapped, state, setting, folder, lm_dtype=torch.bfloat16 if hp.bf16 else None))
     return train_log
