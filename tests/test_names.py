@@ -42,6 +42,7 @@ def schema_enums(key: str) -> list[tuple[str, list]]:
     ("modes", names.MODES, 1),
     ("parser", names.PARSERS, 1),
     ("several_classes", names.SEVERAL_CLASSES, 1),
+    ("poolings", names.LAYER_POOLINGS, 1),
 ])
 def test_schema_enum_equals_the_shared_names(key, expected, least):
     enums = schema_enums(key)

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from projection_probe.names import PARSERS, PROJECTOR_KINDS, SEVERAL_CLASSES, TEMPLATES
+from projection_probe.names import LAYER_POOLINGS, PARSERS, PROJECTOR_KINDS, SEVERAL_CLASSES, TEMPLATES
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices=None, none_at_or_below_zero: bool = False,
@@ -259,3 +259,21 @@ class ClassifyHyperparams:
     label_chunk_size: int = option(16, "likelihood mode: (image, class) continuations per forward pass; bounds "
                                        "memory, never changes scores")
     seed: int = option(0, "sampling seed (temperature > 0)")
+
+
+# ---------------------------------------------------------------------------- analyses (docs/analysis.md)
+@dataclass(frozen=True, kw_only=True)
+class AnalysisDefaults:
+    """The analyses' defaults (config `analyses`): the workflow and the analysis subcommands read them here."""
+    poolings: tuple[str, ...] = LAYER_POOLINGS
+    storage_dtype: str = "float16"
+    layer_batch_size: int = 8
+    linear_c: float = 1.0
+    linear_max_iter: int = 500
+    knn_k: int = 10
+    bootstrap: int = 1000
+    permutations: int = 10000
+    confidence: float = 0.95
+
+
+ANALYSIS_DEFAULTS = AnalysisDefaults()

@@ -22,6 +22,9 @@ TEMPLATES = ("v1", "plain", "llava_hf", "chatml")
 PROJECTOR_KINDS = ("mlp2x_gelu", "linear")
 IMAGE_PREPROCESSINGS = ("pad", "square")
 
+# The per-layer poolings of the analyses' hidden states (`analysis.layers`).
+LAYER_POOLINGS = ("image_mean", "last_token")
+
 # The image placeholder of a prompt's human turn, as LLaVA writes it.
 IMAGE_PLACEHOLDER = "<image>"
 

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from snakemake.utils import validate
 
 from projection_probe.hyperparams import (
+    ANALYSIS_DEFAULTS,
     ClassifyHyperparams,
     FinetuneHyperparams,
     FinetuneLaunch,
@@ -116,7 +117,7 @@ OPERATIONAL = SimpleNamespace(
     num_workers=config_value("features.num_workers", 0),
     checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", FINETUNE_DEFAULTS["checkpoint_every_steps"]),
     zero_shot_batch_size=config_value("baselines.encoder_zero_shot.batch_size", 32),
-    layer_batch_size=config_value("analyses.layerwise.batch_size", 8),
+    layer_batch_size=config_value("analyses.layerwise.batch_size", ANALYSIS_DEFAULTS.layer_batch_size),
 )
 OPERATIONAL.finetune_options = to_options(
     FinetuneHyperparams,
@@ -377,18 +378,22 @@ def paper_args():
 # ---------------------------------------------------------------- analyses (docs/analysis.md)
 LAYERWISE = {
     "enabled": True,
-    "poolings": ["image_mean", "last_token"],
-    "storage_dtype": "float16",
+    "poolings": list(ANALYSIS_DEFAULTS.poolings),
+    "storage_dtype": ANALYSIS_DEFAULTS.storage_dtype,
     "mlp": False,
     **config_value("analyses.layerwise", {}),
 }
-LINEAR_PROBE = {"C": 1.0, "max_iter": 500, **config_value("analyses.linear_probe", {})}
+LINEAR_PROBE = {
+    "C": ANALYSIS_DEFAULTS.linear_c,
+    "max_iter": ANALYSIS_DEFAULTS.linear_max_iter,
+    **config_value("analyses.linear_probe", {}),
+}
 MATCHED_PROBES = {"enabled": True, "mlp": True, **config_value("analyses.matched_probes", {})}
-SIMILARITY = {"enabled": True, "knn_k": 10, **config_value("analyses.similarity", {})}
+SIMILARITY = {"enabled": True, "knn_k": ANALYSIS_DEFAULTS.knn_k, **config_value("analyses.similarity", {})}
 CONTROL_TASKS = bool(config_value("analyses.control_tasks", True))
-BOOTSTRAP = int(config_value("analyses.bootstrap", 1000))
-PERMUTATIONS = int(config_value("analyses.permutations", 10000))
-CONFIDENCE = float(config_value("analyses.confidence", 0.95))
+BOOTSTRAP = int(config_value("analyses.bootstrap", ANALYSIS_DEFAULTS.bootstrap))
+PERMUTATIONS = int(config_value("analyses.permutations", ANALYSIS_DEFAULTS.permutations))
+CONFIDENCE = float(config_value("analyses.confidence", ANALYSIS_DEFAULTS.confidence))
 ANALYSIS = f"{RESULTS}/analysis"
 
 
