@@ -112,10 +112,9 @@ def test_a_schema_default_that_disagrees_is_found():
 FINETUNE_LINE = (
     "finetune --base-model m --prompts p.jsonl --vision-cache v.safetensors --setting ft-lora --lr 0.0002"
     " --effective-batch 8 --per-device-batch 4 --epochs 1 --warmup-ratio 0.03 --weight-decay 0.0"
-    " --lr-scheduler cosine --max-grad-norm 0.0 --seed 0 --no-bf16 --no-gradient-checkpointing"
-    " --checkpoint-every-steps 50 --max-examples 0 --lora-r 4 --lora-alpha 8 --lora-dropout 0.05"
-    " --projector-lr 2e-05 --optim adamw_torch --template v1 --model-dtype float32 --num-workers 0"
-    " --threads 1 --out-dir out")
+    " --lr-scheduler cosine --max-grad-norm 0.0 --seed 0 --optim adamw_torch --max-examples 0"
+    " --model-max-length 2048 --lora-r 4 --lora-alpha 8 --lora-dropout 0.05 --template v1 --projector-lr 2e-05"
+    " --model-dtype float32 --checkpoint-every-steps 50 --num-workers 0 --threads 1 --out-dir out")
 ALIGN_LINE = (
     "align-projector --vision-json '{\"kind\": \"clip\"}' --llm-dir llm --projector mlp2x_gelu"
     " --vision-caches a.safetensors b.safetensors --manifests a.csv b.csv --caption-source imagenet_top1"

@@ -81,7 +81,8 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
 
 def to_options(cls, values: dict) -> str:
     """The command-line options, as `add_options` made them, that give the fields in `values` (field
-    name → value) of the dataclass `cls`: how the workflow's rules pass a stage's settings. None gives
+    name → value) of the dataclass `cls`: how the workflow's rules pass a stage's settings. A boolean at
+    its default gives no option, so that a command line changes only with a changed setting; None gives
     the option's 0 where 0 means None, and no option where None is the default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -92,10 +93,8 @@ def to_options(cls, values: dict) -> str:
     for name, value in values.items():
         meta, flag = fields[name].metadata, "--" + name.replace("_", "-")
         if _base_type(hints[name]) is bool:
-            if meta.get("negative_flag"):
-                options += [] if value else [meta["negative_flag"]]
-            else:
-                options.append(flag if value else "--no-" + flag[2:])
+            if value != fields[name].default:
+                options.append(meta.get("negative_flag") or (flag if value else "--no-" + flag[2:]))
         elif value is None and meta.get("none_at_or_below_zero"):
             options.append(f"{flag} 0")
         elif value is None:

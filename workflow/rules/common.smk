@@ -339,16 +339,13 @@ def sampling_batch_size(mode):
 
 
 # ---------------------------------------------------------------- probes
+PROBE_FIELDS = [f.name for f in dataclasses.fields(ProbeHyperparams)]
+
+
 def probe_args(kind):
+    """A probe's options, generated from ProbeHyperparams' fields (the seed is the job's)."""
     p = config["probes"][kind]
-    args = (
-        f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
-        f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
-        f" --val-source {p['val_source']}"
-    )
-    # Flags only when set, so that configs without these keys keep their params (and their results).
-    args += " --standardize" if p.get("standardize", ProbeHyperparams.standardize) else ""
-    return args + ("" if p.get("restore_best", ProbeHyperparams.restore_best) else " --last-epoch")
+    return to_options(ProbeHyperparams, {k: p[k] for k in PROBE_FIELDS if k in p})
 
 
 # ---------------------------------------------------------------- baselines
