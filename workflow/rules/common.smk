@@ -11,6 +11,7 @@ from snakemake.utils import validate
 
 from projection_probe.hyperparams import (
     ANALYSIS_DEFAULTS,
+    AlignHyperparams,
     ClassifyHyperparams,
     FinetuneHyperparams,
     FinetuneLaunch,
@@ -134,6 +135,12 @@ wildcard_constraints:
     setting="|".join(SETTINGS),
     seed=r"\d+",
     mode="|".join(MODES),
+
+
+def field_options(cls, values):
+    """The options of the stage dataclass `cls` that give the keys of `values` that are its fields, in
+    field order (the other keys, e.g. a setting's `kind`, reach the command otherwise)."""
+    return to_options(cls, {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
 def as_json(value):
@@ -281,12 +288,24 @@ def download_targets():
     }
 
 
+# ---------------------------------------------------------------- models
+def align_options():
+    """align-projector's options, generated from AlignHyperparams' fields: the `align` section, the
+    model's projector and template, and the first seed."""
+    values = {
+        **config_value("align", {}),
+        "projector": config_value("model.projector", AlignHyperparams.projector),
+        "output_template": TEMPLATE,
+        "seed": SEEDS[0],
+    }
+    return field_options(AlignHyperparams, values)
+
+
 # ---------------------------------------------------------------- finetune
 # The result keys of a fine-tune: every training option except the operational ones, which reach the
 # command through OPERATIONAL, and the seed, which is the job's. The launcher carries num_gpus and
 # accelerate_config.
 FINETUNE_NOT_RESULTS = {"checkpoint_every_steps", "num_workers", "seed"}
-FINETUNE_FIELDS = [f.name for f in dataclasses.fields(FinetuneHyperparams)]
 
 
 def finetune_hyperparameters(setting):
@@ -295,9 +314,7 @@ def finetune_hyperparameters(setting):
 
 def finetune_options(setting, seed):
     """The `finetune` options of one setting and seed, generated from FinetuneHyperparams' fields."""
-    hp = finetune_hyperparameters(setting)
-    hp["seed"] = seed
-    return to_options(FinetuneHyperparams, {k: hp[k] for k in FINETUNE_FIELDS if k in hp})
+    return field_options(FinetuneHyperparams, {**finetune_hyperparameters(setting), "seed": seed})
 
 
 def finetune_launcher(setting):
@@ -339,13 +356,9 @@ def sampling_batch_size(mode):
 
 
 # ---------------------------------------------------------------- probes
-PROBE_FIELDS = [f.name for f in dataclasses.fields(ProbeHyperparams)]
-
-
 def probe_args(kind):
     """A probe's options, generated from ProbeHyperparams' fields (the seed is the job's)."""
-    p = config["probes"][kind]
-    return to_options(ProbeHyperparams, {k: p[k] for k in PROBE_FIELDS if k in p})
+    return field_options(ProbeHyperparams, config["probes"][kind])
 
 
 # ---------------------------------------------------------------- baselines

@@ -56,15 +56,8 @@ else:
             **ONE_GPU,
         params:
             vision=as_json(MODEL["vision"]),
-            projector=config_value("model.projector", "mlp2x_gelu"),
-            align=config_value("align", {}),
-            template=TEMPLATE,
-            seed=SEEDS[0],
+            options=align_options(),
         shell:
             "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm:q}"
-            " --projector {params.projector} --vision-caches {input.caches} --manifests {input.manifests}"
-            " --caption-source {params.align[caption_source]} --template {params.align[template]}"
-            " --lr {params.align[lr]} --epochs {params.align[epochs]}"
-            " --effective-batch {params.align[effective_batch]} --per-device-batch {params.align[per_device_batch]}"
-            " --max-examples {params.align[max_examples]} --seed {params.seed}"
-            " --output-template {params.template} --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"
+            " --vision-caches {input.caches} --manifests {input.manifests} {params.options}"
+            " --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"
