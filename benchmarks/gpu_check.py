@@ -345,6 +345,7 @@ def main(argv=None) -> int:
     from projection_probe.io import InputError
     from projection_probe.models.loaders import load_facade, resolve_device
     from projection_probe.models.spec import FacadeSpec
+    from projection_probe.names import MODES
     from projection_probe.testing.tiny import (
         llava_1_5_7b_configs,
         make_random_llava,
@@ -426,7 +427,7 @@ def main(argv=None) -> int:
         summary["phases"]["classify"] = phase_classify(
             facade, test_records(work / "test.jsonl"), cache, classes, sizes["classify_batch"],
             config["classify"].get("max_new_tokens"), device, flops, seq_tokens)
-        for mode in ("generate", "constrained", "likelihood"):
+        for mode in MODES:
             print(f"classify {mode}: {summary['phases']['classify'][mode]['samples_per_s']:.2f} samples/s", flush=True)
 
         hp = {"lr": settings["ft-proj"]["lr"], "per_device_batch": sizes["ft_proj_batch"]}
