@@ -12,6 +12,10 @@ Each phase runs in its own process, which reports its peak resident set (VmHWM):
   score_*    `MultimodalLM.score_labels` on one batch with DTD's 47 classes (config/paper.yaml), all
              (image, class) pairs in one forward pass ("unchunked", the code before chunking) and
              in chunks of `evaluate.classify.LABEL_CHUNK_SIZE`; both must give identical scores
+  prepare_hf `data.sources.prepare_dataset` on a local 🤗 datasets folder (`source.kind: hf`) of
+             --dataset-images JPEGs (--dataset-side pixels square, 10 classes, 80 % train, in
+             parquet shards), as `prepare-dataset` runs it: load, write the image files, check and
+             hash every image; the manifest must list every image (--dataset-only runs this phase alone)
 
 Every row carries its index in its first two values, and the readers check it: a read of the wrong
 rows or of garbage fails the benchmark. The cache file is deleted at the end (--keep keeps it).
@@ -62,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the cache file")
     p.add_argument("--cache-only", action="store_true", help="skip the score phases")
+    p.add_argument("--dataset-images", type=int, default=20_000, help="images of the prepare_hf phase's dataset")
+    p.add_argument("--dataset-side", type=int, default=128, help="side of its JPEG images, in pixels")
+    p.add_argument("--dataset-only", action="store_true", help="run only the prepare_hf phase")
     p.add_argument("--out-json", required=True)
     p.add_argument("--markdown", help="also write a Markdown section")
     p.add_argument("--in-process", action="store_true",
@@ -71,6 +78,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.tiny:
         args.images, args.tokens, args.width, args.score_batch, args.in_process = 300, 8, 16, 1, True
+        args.dataset_images, args.dataset_side = 60, 16
     return args
 
 
@@ -198,8 +206,50 @@ def phase_score(a: dict) -> dict:
             "pairs": a["score_batch"] * len(classes), "prompt_tokens": int(inputs.input_ids.shape[1])}
 
 
+DATASET_CLASSES = [f"class{i}" for i in range(10)]
+DATASET_SHARD_IMAGES = 1000
+
+
+def build_hf_dataset(folder: Path, images: int, side: int) -> None:
+    """A local parquet dataset in ``folder``: ``data/{train,test}-NNNNN.parquet`` shards of JPEG
+    noise (distinct bytes, about as compressible as photos) with a ClassLabel of 10 classes."""
+    import io
+
+    import numpy as np
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+
+    features = Features({"image": Image(), "label": ClassLabel(names=DATASET_CLASSES)})
+    rng = np.random.default_rng(0)
+    n_train = images * 4 // 5
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, first, stop in (("train", 0, n_train), ("test", n_train, images)):
+        for shard, start in enumerate(range(first, stop, DATASET_SHARD_IMAGES)):
+            encoded, labels = [], []
+            for i in range(start, min(start + DATASET_SHARD_IMAGES, stop)):
+                buffer = io.BytesIO()
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                PILImage.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+                encoded.append({"bytes": buffer.getvalue(), "path": None})
+                labels.append(i % len(DATASET_CLASSES))
+            Dataset.from_dict({"image": encoded, "label": labels}, features=features).to_parquet(
+                folder / "data" / f"{split}-{shard:05d}.parquet")
+
+
+def phase_prepare_hf(a: dict) -> dict:
+    from projection_probe.data.sources import prepare_dataset
+
+    rows = prepare_dataset("bench", {"kind": "hf", "path": a["dataset"]}, None, "noise", "fail", True, a["out_dir"])
+    if len(rows) != a["dataset_images"]:
+        raise SystemExit(f"the manifest lists {len(rows)} images, the dataset holds {a['dataset_images']}")
+    # File-backed pages (the memory-mapped Arrow files) are reclaimable; anonymous ones are not.
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    kib = lambda key: int(status[key].split()[0]) * 1024  # noqa: E731
+    return {"manifest_rows": len(rows), "end_rss_anon_bytes": kib("RssAnon"), "end_rss_file_bytes": kib("RssFile")}
+
+
 PHASES = {"build": phase_build, "classify": phase_classify, "finetune": phase_finetune,
-          "score_unchunked": phase_score, "score_chunked": phase_score}
+          "score_unchunked": phase_score, "score_chunked": phase_score, "prepare_hf": phase_prepare_hf}
 
 
 def run_phase(name: str, phase_args: dict, threads: int, in_process: bool) -> dict:
@@ -266,9 +316,11 @@ def main(argv=None) -> int:
     import torch
 
     info = machine_info(args.threads)
-    expected_bytes = args.images * (args.tokens + 1) * args.width * 2
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_memory_"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.dataset_only:
+        return dataset_main(args, info, work)
+    expected_bytes = args.images * (args.tokens + 1) * args.width * 2
     free = shutil.disk_usage(work).free
     if free < 1.2 * expected_bytes:
         raise SystemExit(f"{work}: {free / 1e9:.1f} GB free, the cache needs {expected_bytes / 1e9:.1f} GB "
@@ -290,6 +342,7 @@ def main(argv=None) -> int:
         if not args.keep and cache.exists():
             cache.unlink()
 
+    reports["prepare_hf"] = run_dataset_phase(args, work)
     identical = None
     if not args.cache_only:
         llm_dir, template = ensure_llm(args, work)
@@ -314,6 +367,7 @@ def main(argv=None) -> int:
         "phases": reports,
         "cache_peak_rss_bytes": cache_peak,
         "cache_peak_under_limit": cache_peak < RSS_LIMIT_GB * 1e9,
+        "prepare_hf_under_limit": reports["prepare_hf"]["peak_rss_bytes"] < RSS_LIMIT_GB * 1e9,
         "scores_identical": identical,
     }
     write_json(args.out_json, summary)
@@ -323,7 +377,7 @@ def main(argv=None) -> int:
     if args.markdown:
         gb = lambda b: b / 1e9  # noqa: E731
         rows = [[n, f"{gb(r['peak_rss_bytes']):.3f}", f"{r['seconds']:.1f}"] for n, r in reports.items()
-                if n in ("build", "classify", "finetune")]
+                if n in ("build", "classify", "finetune", "prepare_hf")]
         rows += [[f"{n} ({r['pairs']} pairs, chunk {r['chunk_size'] or 'all'})", f"{gb(r['peak_rss_bytes']):.3f}",
                   f"{r['score_seconds']:.1f}"] for n, r in reports.items() if n.startswith("score")]
         notes = [f"cache: {args.images} images × {args.tokens} tokens × {args.width} fp16 = {gb(file_bytes):.2f} GB "
@@ -335,7 +389,51 @@ def main(argv=None) -> int:
                          f"scores identical: {identical}")
         write_markdown(args.markdown, "Memory at scale", info,
                        markdown_table(["phase", "peak RSS (GB)", "seconds"], rows), notes)
-    return 0 if summary["cache_peak_under_limit"] and identical is not False else 1
+    return 0 if summary["cache_peak_under_limit"] and summary["prepare_hf_under_limit"] and identical is not False \
+        else 1
+
+
+def run_dataset_phase(args, work: Path) -> dict:
+    """Build the prepare_hf phase's dataset (not measured), run the phase, and delete both folders
+    unless --keep."""
+    dataset, out_dir = work / "hf_dataset", work / "hf_prepared"
+    # The Arrow copy that `datasets` makes goes under the work folder, not the user's cache (set
+    # before `datasets` is first imported, which reads it).
+    os.environ.setdefault("HF_DATASETS_CACHE", str(work / "hf_cache"))
+    if not dataset.exists():
+        build_hf_dataset(dataset, args.dataset_images, args.dataset_side)
+    try:
+        report = run_phase("prepare_hf", {"dataset": str(dataset), "out_dir": str(out_dir),
+                                          "dataset_images": args.dataset_images}, args.threads, args.in_process)
+        report["dataset_bytes"] = sum(p.stat().st_size for p in (dataset / "data").iterdir())
+    finally:
+        if not args.keep:
+            for folder in (dataset, out_dir, work / "hf_cache"):
+                shutil.rmtree(folder, ignore_errors=True)
+    print(f"{'prepare_hf':16s} peak RSS {report['peak_rss_bytes'] / 1e9:6.3f} GB  ({report['seconds']:.1f} s, "
+          f"{args.dataset_images} images, {report['dataset_bytes'] / 1e9:.2f} GB of parquet)", flush=True)
+    return report
+
+
+def dataset_main(args, info: dict, work: Path) -> int:
+    """--dataset-only: the prepare_hf phase alone."""
+    report = run_dataset_phase(args, work)
+    if not args.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    under = report["peak_rss_bytes"] < RSS_LIMIT_GB * 1e9
+    write_json(args.out_json, {"benchmark": "memory", "machine": info, "phases": {"prepare_hf": report},
+                               "prepare_hf_under_limit": under})
+    print(f"prepare_hf: peak RSS {report['peak_rss_bytes'] / 1e9:.3f} GB ({'PASS' if under else 'FAIL'}: "
+          f"< {RSS_LIMIT_GB} GB)")
+    if args.markdown:
+        rows = [["prepare_hf", f"{report['peak_rss_bytes'] / 1e9:.3f}", f"{report['seconds']:.1f}"]]
+        notes = [f"dataset: {args.dataset_images} JPEGs of {args.dataset_side}×{args.dataset_side} in parquet, "
+                 f"{report['dataset_bytes'] / 1e9:.2f} GB; manifest rows {report['manifest_rows']}; resident at "
+                 f"the end: {report['end_rss_anon_bytes'] / 1e9:.3f} GB anonymous, "
+                 f"{report['end_rss_file_bytes'] / 1e9:.3f} GB file-backed (mapped files)"]
+        write_markdown(args.markdown, "Memory: preparing a 🤗 datasets dataset", info,
+                       markdown_table(["phase", "peak RSS (GB)", "seconds"], rows), notes)
+    return 0 if under else 1
 
 
 if __name__ == "__main__":

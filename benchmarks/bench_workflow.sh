@@ -6,7 +6,7 @@
 #
 # Safe by design: everything is built in WORKDIR, which must not exist or be empty; the repository's
 # own results/ is never read, moved or deleted, and nothing is ever removed. WORKDIR gets a symlink
-# `resources -> <repo>/resources` because config paths such as resources/fashion_mnist_subset.npz are
+# `resources -> <repo>/resources` because config paths such as resources/fashion_mnist_subset are
 # relative to Snakemake's working directory (--directory).
 #
 # Measures

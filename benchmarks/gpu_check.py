@@ -18,8 +18,10 @@ precision flags of config/paper.yaml:
               and config/gpu_demo.yaml (3 seeds, `model.device: auto`), its wall time
 
 Reported per phase: seconds per step (median after one warm-up step), samples/s, peak GPU memory and
-MFU: model FLOPs (docs/benchmarks.md, "FLOPs per sample") per second over the bf16 matmul peak measured
-in the same process. `--tiny --device cpu` runs the same code on the tiny LLaVA (the test suite does).
+MFU: model FLOPs (docs/benchmarks.md, "FLOPs per sample") per second over the matmul peak measured in
+the same process in the dtype the phase's matmuls ran in (recorded as `work_dtype`: on CPU, autocast may
+leave them in float32, and an AVX2-only CPU runs bf16 at about 1% of fp32). `--tiny --device cpu` runs the
+same code on the tiny LLaVA (the test suite does).
 
     python benchmarks/gpu_check.py --out-json gpu_check.json          # one GPU, under 8 minutes
     python benchmarks/gpu_check.py --tiny --device cpu --out-json /tmp/gpu_check_tiny.json
@@ -27,8 +29,10 @@ in the same process. `--tiny --device cpu` runs the same code on the tiny LLaVA 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
+import math
 import os
 import shutil
 import signal
@@ -105,17 +109,82 @@ def timed(fn, device):
 
 def measured_matmul_tflops(device, dtype) -> float:
     """The dense matmul rate of this device in `dtype`: the MFU denominator (the measured peak, not the
-    datasheet, as performance-anchors asks)."""
+    datasheet, as performance-anchors asks). It is the best rate over square sizes and over both
+    layouts, `a @ b` and a Linear layer's `x @ w.T`: AVX2-only CPUs have no bf16 hardware, run bf16 at
+    about 1% of fp32, and there the Linear layout is about 5-10x faster than `a @ b` (measured), so a
+    peak from `a @ b` alone sat below the rate the model's layers reached."""
+    import torch
+    import torch.nn.functional as F
+
+    def seconds_per_product(product) -> float:
+        _, first = timed(product, device)  # warm-up: kernel choice, allocator
+        repeats = max(3, min(200, int(0.2 / max(first, 1e-6))))  # about 0.2 s of work
+        _, seconds = timed(lambda: [product() for _ in range(repeats)], device)
+        return seconds / repeats
+
+    on_cuda = torch.device(device).type == "cuda"
+    sizes = (2048, 4096, 8192) if on_cuda else (64, 128, 256, 512, 1024, 2048)
+    best = 0.0
+    for size in sizes:
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        seconds = [seconds_per_product(lambda a=a, b=b: a @ b), seconds_per_product(lambda a=a, b=b: F.linear(a, b))]
+        best = max(best, 2 * size ** 3 / min(seconds) / 1e12)
+        if max(seconds) > 1.0:  # larger sizes would take minutes (bf16 without hardware support)
+            break
+    return best
+
+
+class MatmulPeaks:
+    """The measured peak per dtype, each measured once, on first use: the denominator of every MFU is
+    the peak of the dtype its phase computed in."""
+
+    def __init__(self, device):
+        self.device = device
+        self.tflops: dict[str, float] = {}
+
+    def __call__(self, dtype_name: str) -> float:
+        import torch
+
+        if dtype_name not in self.tflops:
+            self.tflops[dtype_name] = measured_matmul_tflops(self.device, getattr(torch, dtype_name))
+        return self.tflops[dtype_name]
+
+    def mfu(self, flop: float, seconds: float, dtype_name: str, phase: str) -> float | None:
+        """Model FLOPs per second over the peak in `dtype_name`; None, said in one line, where that peak
+        is zero or not finite (a broken measurement must not become a huge or infinite MFU)."""
+        peak = self(dtype_name)
+        if not math.isfinite(peak) or peak <= 0:
+            print(f"{phase}: measured {dtype_name} matmul peak is {peak!r} TFLOP/s; MFU not computed (null)",
+                  flush=True)
+            return None
+        return flop / seconds / 1e12 / peak
+
+
+@contextlib.contextmanager
+def matmul_dtypes(module):
+    """Records the output dtypes of `module`'s Linear layers while the block runs: the dtype the work
+    actually ran in (on CPU, autocast may leave ops in float32), whatever the weights or flags say."""
     import torch
 
-    size = 8192 if torch.device(device).type == "cuda" else 1024
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    repeats = 20 if torch.device(device).type == "cuda" else 5
-    _, seconds = timed(lambda: [a @ b for _ in range(repeats)], device)
-    return 2 * size ** 3 * repeats / seconds / 1e12
+    seen: set[str] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(str(out.dtype).removeprefix("torch.")))
+             for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def work_dtype(seen: set[str]) -> str:
+    """The one dtype a phase's matmuls ran in; the widest where they were mixed (the slower bound)."""
+    if not seen:
+        raise RuntimeError("no Linear layer ran: cannot tell the dtype of the work")
+    for name in ("float32", "float16", "bfloat16"):
+        if name in seen:
+            return name
+    return sorted(seen)[0]
 
 
 def llm_matmul_parameters(facade) -> int:
@@ -178,7 +247,7 @@ def write_prompts_file(path: Path, image_paths: list[str], classes: list[str], t
 
 
 # ---------------------------------------------------------------------------- phases
-def phase_extract(facade, image_paths, feature_batch, num_workers, device, work, flops):
+def phase_extract(facade, image_paths, feature_batch, num_workers, device, work, flops, peaks):
     from projection_probe.features.cache import build_vision_cache, load_vision_cache
     from projection_probe.features.extract import extract_pooled_features
 
@@ -188,9 +257,11 @@ def phase_extract(facade, image_paths, feature_batch, num_workers, device, work,
     build_vision_cache(facade.vision, image_paths[:feature_batch], work / "warmup.safetensors", mode,
                        batch_size=feature_batch, device=device)
     reset_peak(device)
-    _, vision_s = timed(lambda: build_vision_cache(facade.vision, image_paths, cache_file, mode,
-                                                   batch_size=feature_batch, num_workers=num_workers,
-                                                   device=device), device)
+    with matmul_dtypes(facade.vision) as seen:
+        _, vision_s = timed(lambda: build_vision_cache(facade.vision, image_paths, cache_file, mode,
+                                                       batch_size=feature_batch, num_workers=num_workers,
+                                                       device=device), device)
+    dtype = work_dtype(seen)
     cache = load_vision_cache(cache_file)
     labels = [0] * len(image_paths)
     extract_pooled_features(facade, cache, image_paths[:feature_batch], labels[:feature_batch], feature_batch)
@@ -199,14 +270,16 @@ def phase_extract(facade, image_paths, feature_batch, num_workers, device, work,
     return cache, {
         "batch_size": feature_batch, "images": n, "num_workers": num_workers,
         "vision_cache_seconds": vision_s, "vision_cache_images_per_s": n / vision_s,
-        "vision_mfu": flops["vision_per_image"] * n / vision_s / 1e12 / flops["peak_tflops"],
+        "work_dtype": dtype, "mfu_denominator_dtype": dtype,
+        "vision_mfu": peaks.mfu(flops["vision_per_image"] * n, vision_s, dtype, "extract"),
         "pooled_features_seconds": project_s, "pooled_features_images_per_s": n / project_s,
         "post_dim": int(out["post"].shape[1]), "peak_gpu_gib": peak_gib(device),
         "notes": "vision cache = PNG decode, pad, CLIP processor, vision tower, fp16 to host; pooled features = "
                  "projector on the cached X_v and mean over patches (the extract_features rule)"}
 
 
-def phase_classify(facade, records, cache, classes, batch, configured_max_new_tokens, device, flops, seq_tokens):
+def phase_classify(facade, records, cache, classes, batch, configured_max_new_tokens, device, flops, peaks,
+                   seq_tokens):
     from projection_probe.evaluate.classify import MODES, classify_records, resolve_max_new_tokens
 
     # `auto` (the paper config): the longest class plus a margin, as the classify command derives it.
@@ -216,18 +289,23 @@ def phase_classify(facade, records, cache, classes, batch, configured_max_new_to
     for mode in MODES:
         classify_records(facade, records[:2], cache, classes, mode=mode, batch_size=2, max_new_tokens=max_new_tokens)
         reset_peak(device)
-        frame, seconds = timed(lambda mode=mode: classify_records(facade, records[:batch], cache, classes, mode=mode,
-                                                                  batch_size=batch, max_new_tokens=max_new_tokens),
-                               device)
+        with matmul_dtypes(facade.language_model) as seen:
+            frame, seconds = timed(lambda mode=mode: classify_records(
+                facade, records[:batch], cache, classes, mode=mode, batch_size=batch, max_new_tokens=max_new_tokens),
+                device)
+        dtype = work_dtype(seen)
         results[mode] = {"batch_size": batch, "seconds": seconds, "samples_per_s": batch / seconds,
-                         "prefill_mfu": flops["prefill_per_sample"] * batch / seconds / 1e12 / flops["peak_tflops"],
+                         "work_dtype": dtype, "mfu_denominator_dtype": dtype,
+                         "prefill_mfu": peaks.mfu(flops["prefill_per_sample"] * batch, seconds, dtype,
+                                                  f"classify {mode}"),
                          "valid_rate": float(frame["valid"].mean()), "peak_gpu_gib": peak_gib(device)}
     return {"classes": len(classes), "prompt_tokens": seq_tokens, "max_new_tokens": max_new_tokens,
             "notes": "MFU counts the prompt prefill only (2·N·T per sample), a lower bound: decoding and the "
                      "label continuations are left out", **results}
 
 
-def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, device, work, flops, finetune_cfg):
+def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, device, work, flops, peaks,
+                finetune_cfg):
     import torch
     from transformers import TrainerCallback
 
@@ -259,7 +337,9 @@ def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, de
     dataset = CachedFeatureDataset(examples, cache)
     timer = StepTimer()
     reset_peak(device)
-    trainer, log = train_facade(facade, dataset, work / f"{setting}.work", training, callbacks=[timer])
+    with matmul_dtypes(facade.language_model) as seen:
+        trainer, log = train_facade(facade, dataset, work / f"{setting}.work", training, callbacks=[timer])
+    dtype = work_dtype(seen)
     peak = peak_gib(device)
     trainable = count_parameters(facade)
     del trainer
@@ -274,7 +354,8 @@ def phase_train(facade, setting, model_dtype, hp, prompts_file, cache, steps, de
             "bf16_autocast": finetune_cfg["bf16"], "gradient_checkpointing": finetune_cfg["gradient_checkpointing"],
             "trainable_parameters": trainable, "steps": len(timer.seconds), "step_seconds": timer.seconds,
             "seconds_per_step": per_step, "samples_per_s": batch / per_step,
-            "mfu": per_sample * batch / per_step / 1e12 / flops["peak_tflops"], "peak_gpu_gib": peak,
+            "work_dtype": dtype, "mfu_denominator_dtype": dtype,
+            "mfu": peaks.mfu(per_sample * batch, per_step, dtype, setting), "peak_gpu_gib": peak,
             "losses": losses}
 
 
@@ -394,23 +475,23 @@ def main(argv=None) -> int:
         n_lm = llm_matmul_parameters(facade)
         n_vision = sum(p.numel() for p in facade.vision.parameters())
         n_projector = sum(p.numel() for p in facade.projector.parameters())
-        peak = measured_matmul_tflops(device, dtype)
+        peaks = MatmulPeaks(device)
         num_patches = facade.num_image_tokens
-        flops = {"seq_tokens": seq_tokens, "peak_tflops": peak, "llm_matmul_parameters": n_lm,
+        flops = {"seq_tokens": seq_tokens, "llm_matmul_parameters": n_lm,
                  "vision_parameters": n_vision, "projector_parameters": n_projector,
                  "prefill_per_sample": 2 * n_lm * seq_tokens,
                  "proj_per_sample": 6 * n_lm * seq_tokens, "e2e_per_sample": 8 * n_lm * seq_tokens,
                  "vision_per_image": 2 * n_vision * (num_patches + 1) + 2 * n_projector * num_patches}
-        summary.update(build_seconds=build_s, load_seconds=load_s, flops=flops,
-                       measured_matmul_tflops={args.dtype: peak})
-        print(f"model built in {build_s:.0f} s, loaded in {load_s:.0f} s; {n_lm / 1e9:.2f} B LLM matmul parameters; "
-              f"matmul peak {peak:.1f} TFLOP/s ({args.dtype})", flush=True)
+        # Filled as the phases measure the peak of each dtype they compute in.
+        summary.update(build_seconds=build_s, load_seconds=load_s, flops=flops, measured_matmul_tflops=peaks.tflops)
+        print(f"model built in {build_s:.0f} s, loaded in {load_s:.0f} s; {n_lm / 1e9:.2f} B LLM matmul parameters",
+              flush=True)
 
         # Extraction at the paper's feature batch size; its cache feeds classification and training.
         image_paths = write_random_images(work / "images", 2 * sizes["feature_batch"], vision_config.image_size)
         num_workers = config["features"]["num_workers"] if torch.device(device).type == "cuda" else 0
         cache, summary["phases"]["extract"] = phase_extract(facade, image_paths, sizes["feature_batch"], num_workers,
-                                                            device, work, flops)
+                                                            device, work, flops, peaks)
         print(f"extract: {summary['phases']['extract']['vision_cache_images_per_s']:.1f} images/s from pixels",
               flush=True)
 
@@ -426,16 +507,17 @@ def main(argv=None) -> int:
         write_prompts_file(work / "test.jsonl", image_paths, classes, task, sizes["classify_batch"], "test")
         summary["phases"]["classify"] = phase_classify(
             facade, test_records(work / "test.jsonl"), cache, classes, sizes["classify_batch"],
-            config["classify"].get("max_new_tokens"), device, flops, seq_tokens)
+            config["classify"].get("max_new_tokens"), device, flops, peaks, seq_tokens)
         for mode in MODES:
             print(f"classify {mode}: {summary['phases']['classify'][mode]['samples_per_s']:.2f} samples/s", flush=True)
 
         hp = {"lr": settings["ft-proj"]["lr"], "per_device_batch": sizes["ft_proj_batch"]}
         summary["phases"]["ft-proj"] = phase_train(facade, "ft-proj", finetune_cfg["model_dtype"], hp,
                                                    work / "train.jsonl", cache, args.steps, device, work, flops,
-                                                   finetune_cfg)
-        print(f"ft-proj: {summary['phases']['ft-proj']['seconds_per_step']:.2f} s/step, "
-              f"MFU {summary['phases']['ft-proj']['mfu']:.3f}", flush=True)
+                                                   peaks, finetune_cfg)
+        ft_proj = summary["phases"]["ft-proj"]
+        mfu = "null" if ft_proj["mfu"] is None else f"{ft_proj['mfu']:.3f}"
+        print(f"ft-proj: {ft_proj['seconds_per_step']:.2f} s/step, MFU {mfu} ({ft_proj['work_dtype']})", flush=True)
 
         e2e_batch = sizes["ft_e2e_batch"]
         chosen, reason = e2e_dtype(args.ft_e2e, facade, device, e2e_batch, seq_tokens)
@@ -445,7 +527,7 @@ def main(argv=None) -> int:
             hp = {"lr": settings["ft-e2e"]["lr"], "per_device_batch": e2e_batch}
             summary["phases"]["ft-e2e"] = {"status": "ran", "why_this_dtype": reason, **phase_train(
                 facade, "ft-e2e", chosen, hp, work / "train.jsonl", cache, args.steps, device, work, flops,
-                finetune_cfg)}
+                peaks, finetune_cfg)}
         print(f"ft-e2e: {reason}", flush=True)
         del facade, cache
         gc.collect()

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Rebuild resources/fashion_mnist_subset.npz: a stratified, seeded subset of Fashion-MNIST.
+"""Rebuild resources/fashion_mnist_subset/: a stratified, seeded subset of Fashion-MNIST.
 
 Reads Debian's copy of the official idx files (``apt-get install -y dataset-fashion-mnist``) and keeps
 ``--train-per-class`` images per class from the official train file and ``--test-per-class`` from
 the official t10k file, so the demo's train/test split never mixes the two.
 
     python scripts/build_fashion_subset.py            # defaults: 100 train + 30 test per class, seed 0
+
+It writes a local 🤗 datasets folder ({train,test}.parquet: a PNG ``image`` and a ``label`` ClassLabel
+with the official names), which the demo reads with ``source.kind: hf``. The PNGs are encoded as the
+demo's own image files (``data.demo_sources.encode_png``).
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from projection_probe.io import InputError, atomic_path
+from projection_probe.io import InputError
 
 DEFAULT_SOURCE_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "resources" / "fashion_mnist_subset.npz"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "resources" / "fashion_mnist_subset"
 
 # The official label names, in label-index order (Xiao, Rasul & Vollgraf 2017).
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -81,10 +85,26 @@ def build_subset(source_dir: Path, train_per_class: int, test_per_class: int, se
     return arrays
 
 
+def write_parquet_dataset(arrays: dict[str, np.ndarray], out_dir: Path) -> None:
+    """``{train,test}.parquet`` in ``out_dir``, replaced whole: the splits of ``arrays`` in stored order."""
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    from projection_probe.data.demo_sources import encode_png
+    from projection_probe.io import atomic_dir
+
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(n) for n in arrays["class_names"]])})
+    with atomic_dir(out_dir) as staging:
+        for split in ("train", "test"):
+            images = [{"bytes": encode_png(image), "path": None} for image in arrays[f"{split}_images"]]
+            labels = [int(label) for label in arrays[f"{split}_labels"]]
+            Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+                staging / f"{split}.parquet")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source-dir", type=Path, default=DEFAULT_SOURCE_DIR)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the dataset folder, replaced whole")
     parser.add_argument("--train-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
@@ -94,11 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with atomic_path(args.out) as tmp:
-        with open(tmp, "wb") as f:  # a file object, because savez would append ".npz" to the temp name
-            np.savez_compressed(f, **arrays)
-    print(f"wrote {args.out} ({args.out.stat().st_size} bytes): "
-          f"{len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
+    write_parquet_dataset(arrays, args.out)
+    size = sum(p.stat().st_size for p in args.out.iterdir())
+    print(f"wrote {args.out} ({size} bytes): {len(arrays['train_labels'])} train, {len(arrays['test_labels'])} test")
     return 0
 
 

@@ -17,7 +17,9 @@ def test_bench_memory_tiny_runs_and_its_figures_are_in_range(tmp_path):
     work = tmp_path / "work"
     assert bench.main(["--tiny", "--work-dir", str(work), "--out-json", str(out), "--markdown", str(markdown)]) == 0
     summary = json.loads(out.read_text())
-    assert set(summary["phases"]) == {"build", "classify", "finetune", "score_unchunked", "score_chunked"}
+    assert set(summary["phases"]) == {"build", "classify", "finetune", "score_unchunked", "score_chunked",
+                                      "prepare_hf"}
+    assert summary["phases"]["prepare_hf"]["manifest_rows"] == 60
     assert summary["scores_identical"] and summary["cache"]["file_bytes"] > 300 * 8 * 16 * 2
     assert summary["phases"]["score_unchunked"]["chunk_size"] is None
     assert summary["phases"]["score_chunked"]["pairs"] == 47

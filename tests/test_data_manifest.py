@@ -122,8 +122,8 @@ def test_check_images_returns_every_bad_file_with_its_reason(tmp_path, bad_bytes
     kept, found = check_images(rows, listed_at={str(bad): "list.txt:7"})
     assert [r.image_path for r in kept] == [good]
     assert kept[0].sha256 == hashlib.sha256((tmp_path / "good.png").read_bytes()).hexdigest()
-    if reason == "missing":
-        reason = "missing (listed in list.txt:7)"
+    # Every bad image says where it was listed, inside the reason's parentheses when it has them.
+    reason = f"{reason[:-1]}; listed in list.txt:7)" if reason.endswith(")") else f"{reason} (listed in list.txt:7)"
     assert found == [BadImage(str(bad), reason)] * 2
 
 

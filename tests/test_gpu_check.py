@@ -18,28 +18,70 @@ def load_script(name: str):
     return module
 
 
+def assert_mfu(phase: dict, key: str, peaks: dict) -> None:
+    """What holds on every CPU: the work's dtype is recorded, its peak was measured, the MFU is positive,
+    and it stays below 1 where the denominator is the peak of the dtype the work ran in. (An AVX2-only
+    CPU runs bf16 at about 1% of fp32: against a bf16 peak, float32 work would give an MFU far above 1.)"""
+    assert phase["work_dtype"] in ("float32", "bfloat16") and phase["mfu_denominator_dtype"] in peaks
+    assert peaks[phase["mfu_denominator_dtype"]] > 0 and phase[key] > 0
+    if phase["work_dtype"] == phase["mfu_denominator_dtype"]:
+        assert phase[key] < 1
+
+
 def test_gpu_check_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
     assert load_script("gpu_check").main(["--tiny", "--device", "cpu", "--steps", "1", "--threads", "1",
                                           "--out-json", str(out)]) == 0
     result = read_json(out)
+    peaks = result["measured_matmul_tflops"]
     assert result["device"] == "cpu" and result["dtype"] == "bfloat16"
     assert result["sizes"]["seq_tokens"] >= 96 and result["phases"]["classify"]["classes"] >= 5
     extract = result["phases"]["extract"]
     assert extract["images"] == 8 and extract["vision_cache_images_per_s"] > 0 and extract["post_dim"] == 64
+    # bf16 weights: inference computes in bf16 on every CPU.
+    assert extract["work_dtype"] == "bfloat16"
+    assert_mfu(extract, "vision_mfu", peaks)
     for mode in ("generate", "constrained", "likelihood"):
         assert result["phases"]["classify"][mode]["samples_per_s"] > 0
+        assert_mfu(result["phases"]["classify"][mode], "prefill_mfu", peaks)
     assert result["phases"]["classify"]["constrained"]["valid_rate"] == 1.0
     for setting, batch in (("ft-proj", 4), ("ft-e2e", 2)):
         phase = result["phases"][setting]
         assert phase["per_device_batch"] == batch and phase["steps"] == 2
         assert phase["bf16_autocast"] and phase["gradient_checkpointing"] and phase["model_dtype"] == "float32"
-        assert all(math.isfinite(x) for x in phase["losses"]) and 0 < phase["mfu"] < 1
+        assert all(math.isfinite(x) for x in phase["losses"])
+        assert_mfu(phase, "mfu", peaks)
     assert result["phases"]["ft-e2e"]["status"] == "ran"
     assert result["phases"]["ft-proj"]["trainable_parameters"] < result["phases"]["ft-e2e"]["trainable_parameters"]
     flops = result["flops"]
     assert flops["e2e_per_sample"] == 8 * flops["llm_matmul_parameters"] * result["sizes"]["seq_tokens"]
     assert result["demo"]["status"] == "skipped (--tiny)"
+
+
+def test_mfu_is_null_where_the_measured_peak_is_zero_or_not_finite(capsys):
+    peaks = load_script("gpu_check").MatmulPeaks("cpu")
+    peaks.tflops.update(bfloat16=0.0, float32=float("nan"), float16=2.0)
+    assert peaks.mfu(1e12, 1.0, "bfloat16", "ft-proj") is None
+    assert peaks.mfu(1e12, 1.0, "float32", "extract") is None
+    assert peaks.mfu(1e12, 1.0, "float16", "classify") == 0.5
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "ft-proj: measured bfloat16 matmul peak is 0.0" in lines[0] and "null" in lines[0]
+    assert "extract: measured float32 matmul peak is nan" in lines[1]
+
+
+def test_the_work_dtype_is_what_the_linear_layers_computed_in():
+    import torch
+
+    gpu_check = load_script("gpu_check")
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with gpu_check.matmul_dtypes(layer) as seen:
+        layer(torch.randn(3, 4))
+    assert gpu_check.work_dtype(seen) == "float32"
+    with gpu_check.matmul_dtypes(layer) as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(torch.randn(3, 4))
+    assert gpu_check.work_dtype(seen) == "bfloat16"
+    layer(torch.randn(3, 4))  # the hooks are gone: nothing more is recorded
+    assert seen == {"bfloat16"}
 
 
 def test_benchmarks_take_device_and_dtype(tmp_path, monkeypatch):

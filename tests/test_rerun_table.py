@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import multiprocessing
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -251,3 +252,20 @@ def test_a_result_key_reruns_exactly_the_jobs_it_affects(table, row):
         for name, value in row.only.items():
             if rule not in REPORT and name in wildcards:
                 assert wildcards[name] == value, (row.key, rule, wildcards)
+
+
+def test_a_new_revision_or_fingerprint_of_a_datasets_source_reruns_exactly_its_jobs(micro_run, tmp_path):
+    """The micro run's fashion dataset is a local 🤗 datasets folder (its own copy): a `revision` in
+    the config, or a rewritten file (a new mtime, so a new fingerprint), re-prepares that dataset and
+    what depends on it, and nothing else. The file's mtime is put back before any other test reads it."""
+    changed = micro_run / "fashion_dataset" / "test.parquet"
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    try:
+        fingerprint = dry_runs(micro_run, tmp_path, {"fingerprint": {}})
+    finally:
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    revision = dry_runs(micro_run, tmp_path, {"revision": {"datasets": {"fashion": {"source": {"revision": "v2"}}}}})
+    for name, (text, jobs) in {**fingerprint, **revision}.items():
+        assert {rule for rule, _ in jobs} == DATASET, (name, text[-3000:])
+        assert all(wildcards.get("dataset", "fashion") == "fashion" for rule, wildcards in jobs if rule not in REPORT)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 from snakemake.utils import validate
 
+from projection_probe.data.hf_sources import source_fingerprint
 from projection_probe.hyperparams import (
     ANALYSIS_DEFAULTS,
     AlignHyperparams,
@@ -204,6 +205,14 @@ def exif_transpose_flag():
 def cross_split_duplicates_flag():
     policy = config_value("data.cross_split_duplicates", "fail")
     return f" --cross-split-duplicates {policy}" if policy != "fail" else ""
+
+
+def source_args(dataset):
+    """The dataset's `source:` as JSON and, for a local 🤗 datasets folder, its fingerprint: a changed
+    file re-prepares that dataset (it rides on this param for the reason above)."""
+    source = config["datasets"][dataset]["source"]
+    fingerprint = source_fingerprint(source)
+    return as_json(source) + (f" --source-fingerprint {fingerprint}" if fingerprint else "")
 
 
 def setting_preprocessing(setting):

@@ -15,8 +15,8 @@ rule prepare_dataset:
     conda:
         CONDA_ENV
     params:
-        source=lambda wc: as_json(config["datasets"][wc.dataset]["source"]),
-        classes=lambda wc: as_json(config["datasets"][wc.dataset]["classes"]),
+        source=lambda wc: source_args(wc.dataset),
+        classes=lambda wc: as_json(config["datasets"][wc.dataset].get("classes")),
         task=lambda wc: shlex.quote(config["datasets"][wc.dataset]["task"]),
         on_bad_image=config_value("data.on_bad_image", "fail") + cross_split_duplicates_flag(),
         train_only=(

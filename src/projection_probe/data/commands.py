@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         help="build manifest.csv, classes.json, bad_images.txt and warnings.txt for one dataset")
     p.add_argument("--dataset", required=True, help="dataset name (used in messages)")
     p.add_argument("--source-json", required=True, help="the dataset's `source:` config dict as JSON")
-    p.add_argument("--classes-json", required=True, help="the pinned class list as a JSON list of strings")
+    p.add_argument("--classes-json", required=True,
+                   help="the pinned class list as a JSON list of strings; null: the dataset's ClassLabel names")
     p.add_argument("--task", required=True, help="phrase completing 'categories relating to ...'")
     p.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
                    help="missing, empty or undecodable images: fail listing them all (default), or drop "
@@ -27,6 +28,8 @@ def register(subparsers) -> None:
                         "its train copies")
     p.add_argument("--allow-train-only-classes", action=argparse.BooleanOptionalAction, default=True,
                    help="a class with train images but no test images is a warning (default) or an error")
+    p.add_argument("--source-fingerprint", default=None,
+                   help="the local dataset's fingerprint the workflow planned with; data that changed since is refused")
     p.add_argument("--out-dir", required=True, type=Path)
     p.set_defaults(handler=prepare_dataset_command)
 
@@ -47,7 +50,8 @@ def prepare_dataset_command(args) -> int:
     classes = parse_json_arg("--classes-json", args.classes_json)
     prepare_dataset(dataset=args.dataset, source_cfg=source_cfg, classes=classes, task=args.task,
                     on_bad_image=args.on_bad_image, allow_train_only_classes=args.allow_train_only_classes,
-                    out_dir=args.out_dir, cross_split_duplicates=args.cross_split_duplicates)
+                    out_dir=args.out_dir, cross_split_duplicates=args.cross_split_duplicates,
+                    source_fingerprint=args.source_fingerprint)
     return 0
 
 

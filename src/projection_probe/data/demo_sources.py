@@ -1,6 +1,7 @@
-"""The CPU demo's two real datasets, both available offline: a shipped Fashion-MNIST subset and
-scikit-learn's 8×8 digits. Each writes PNGs to ``out_dir/images/{split}/{class_index}_{n}.png`` and
-maps integer label ``i`` to ``classes[i]`` (the pinned class strings, in config order)."""
+"""scikit-learn's 8×8 digits, one of the CPU demo's two real datasets (the other, the shipped
+Fashion-MNIST subset, is a parquet folder read by the ``hf`` source). It writes PNGs to
+``out_dir/images/{split}/{class_index}_{n}.png`` and maps integer label ``i`` to ``classes[i]`` (the
+pinned class strings, in config order)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,24 +37,22 @@ def _check_class_count(classes: list[str], n_labels: int, kind: str) -> None:
                          f"integer labels; list exactly {n_labels} names, in label-index order")
 
 
-def _take_per_class(labels: np.ndarray, per_class: int, where: str) -> np.ndarray:
-    """The first ``per_class`` positions of each label, in stored order (deterministic)."""
-    keep = []
-    for label in np.unique(labels):
-        positions = np.flatnonzero(labels == label)
-        if len(positions) < per_class:
-            raise InputError(f"{where}: label {label} has only {len(positions)} images but {per_class} were "
-                             f"requested; lower the per-class count")
-        keep.append(positions[:per_class])
-    return np.concatenate(keep)
+def encode_png(image: np.ndarray) -> bytes:
+    """A uint8 array (H×W grey or H×W×3 RGB) as PNG bytes: the digits source's image files, and the
+    images of the shipped Fashion-MNIST parquet folder (scripts/build_fashion_subset.py)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_split_images(images_by_split: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path,
                        classes: list[str]) -> list[ManifestRow]:
     """Write uint8 arrays (N×H×W grey or N×H×W×3 RGB) as PNGs; the images folder is replaced whole so
     that images from an earlier run with other counts never linger beside the new ones."""
-    from PIL import Image
-
     final_images = Path(out_dir) / "images"
     rows: list[ManifestRow] = []
     with atomic_dir(final_images) as staging:
@@ -65,42 +64,9 @@ def write_split_images(images_by_split: dict[str, tuple[np.ndarray, np.ndarray]]
                 n = counters.get(label, 0)
                 counters[label] = n + 1
                 name = f"{label}_{n}.png"
-                Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(staging / split / name)
+                (staging / split / name).write_bytes(encode_png(image))
                 rows.append(ManifestRow(str(final_images / split / name), classes[label], split))
     return rows
-
-
-@register_source("fashion_mnist_subset")
-def fashion_mnist_subset(source_cfg: dict, out_dir: Path, classes: list[str]) -> list[ManifestRow]:
-    """Source keys: ``path`` (the shipped npz, see scripts/build_fashion_subset.py),
-    ``train_per_class``, ``test_per_class``. Train images come only from the official train file and
-    test images only from t10k."""
-    kind = "fashion_mnist_subset"
-    _reject_unknown_keys(source_cfg, {"path", "train_per_class", "test_per_class"}, kind)
-    if not source_cfg.get("path"):
-        raise InputError("source.path: missing for kind 'fashion_mnist_subset'; set it to "
-                         "resources/fashion_mnist_subset.npz")
-    path = Path(source_cfg["path"])
-    per_class = {"train": _positive_int(source_cfg, "train_per_class", kind),
-                 "test": _positive_int(source_cfg, "test_per_class", kind)}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError as e:
-        raise InputError(f"{path}: not found; rebuild it with scripts/build_fashion_subset.py") from e
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable npz ({e}); rebuild it with scripts/build_fashion_subset.py") from e
-    required = ["train_images", "train_labels", "test_images", "test_labels", "class_names"]
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise InputError(f"{path}: missing array(s) {missing}; rebuild it with scripts/build_fashion_subset.py")
-    _check_class_count(classes, len(arrays["class_names"]), kind)
-    selected = {}
-    for split in ("train", "test"):
-        labels = arrays[f"{split}_labels"]
-        keep = _take_per_class(labels, per_class[split], f"{path} [{split}]")
-        selected[split] = (arrays[f"{split}_images"][keep], labels[keep])
-    return write_split_images(selected, out_dir, classes)
 
 
 @register_source("sklearn_digits")

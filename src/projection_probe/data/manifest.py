@@ -39,6 +39,8 @@ class SourceRows(list):
     def __init__(self, rows: Iterable[ManifestRow] = (), listed_at: dict[str, str] | None = None):
         super().__init__(rows)
         self.listed_at: dict[str, str] = dict(listed_at or {})
+        self.classes: list[str] | None = None  # set by a source that reads the class names from the dataset
+        self.provenance: dict | None = None  # set by a source that knows where its data came from
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,8 @@ def check_images(rows: list[ManifestRow],
                  listed_at: dict[str, str] | None = None) -> tuple[list[ManifestRow], list[BadImage]]:
     """Read every image once: hash its bytes and decode it as ``load_rgb`` would. Returns the good
     rows with ``sha256`` filled in, and every bad one (missing, empty, undecodable), so that all of
-    them can be reported at once. ``listed_at`` (image_path -> "file:line") says where a missing
-    image was listed."""
+    them can be reported at once. ``listed_at`` (image_path -> "file:line", or a dataset's split and
+    row) says where a bad image was listed."""
     from projection_probe.data.images import BadImageError, content_hash, decode_rgb, read_image_bytes
 
     listed_at = listed_at or {}
@@ -167,8 +169,9 @@ def check_images(rows: list[ManifestRow],
             decode_rgb(row.image_path, data)
         except BadImageError as e:
             reason = e.reason or str(e)
-            if reason == "missing" and row.image_path in listed_at:
-                reason = f"missing (listed in {listed_at[row.image_path]})"
+            if row.image_path in listed_at:
+                where = f"listed in {listed_at[row.image_path]}"
+                reason = f"{reason[:-1]}; {where})" if reason.endswith(")") else f"{reason} ({where})"
             bad.append(BadImage(row.image_path, reason))
             continue
         kept.append(row._replace(sha256=content_hash(data)))

@@ -17,16 +17,23 @@ from projection_probe.io import InputError
 SourceFunction = Callable[[dict, Path, list[str]], list[ManifestRow]]
 
 _SOURCES: dict[str, SourceFunction] = {}
+_NAMING_CLASSES: set[str] = set()
 
 log = logging.getLogger(__name__)
 
+# Beside the manifest, for sources that report it: where the data came from.
+PROVENANCE_FILE = "provenance.json"
+
 # Modules whose import registers more kinds; a missing one is skipped (the real-dataset preparers
 # are optional).
-_PLUGIN_MODULES = ("projection_probe.data.demo_sources", "projection_probe.data.preparers")
+_PLUGIN_MODULES = ("projection_probe.data.demo_sources", "projection_probe.data.hf_sources",
+                   "projection_probe.data.preparers")
 
 
-def register_source(kind: str) -> Callable[[SourceFunction], SourceFunction]:
-    """Decorator: register ``fn(source_cfg, out_dir, classes) -> list[ManifestRow]`` under ``kind``."""
+def register_source(kind: str, names_classes: bool = False) -> Callable[[SourceFunction], SourceFunction]:
+    """Decorator: register ``fn(source_cfg, out_dir, classes) -> list[ManifestRow]`` under ``kind``.
+    A kind that ``names_classes`` may be given ``classes=None`` and then returns SourceRows whose
+    ``classes`` it read from the dataset."""
     def decorate(fn: SourceFunction) -> SourceFunction:
         existing = _SOURCES.get(kind)
         if existing is not None and existing is not fn and (
@@ -34,6 +41,8 @@ def register_source(kind: str) -> Callable[[SourceFunction], SourceFunction]:
             raise ValueError(f"source kind {kind!r} is already registered by "
                              f"{existing.__module__}.{existing.__qualname__}")
         _SOURCES[kind] = fn
+        if names_classes:
+            _NAMING_CLASSES.add(kind)
         return fn
     return decorate
 
@@ -61,12 +70,16 @@ def available_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def run_source(source_cfg: dict, out_dir: Path, classes: list[str]) -> SourceRows:
+def run_source(source_cfg: dict, out_dir: Path, classes: list[str] | None) -> SourceRows:
     """Dispatch ``source_cfg["kind"]`` and return its rows. Rows whose image is missing are returned
-    too: ``prepare_dataset`` reports them with the other bad images."""
+    too: ``prepare_dataset`` reports them with the other bad images. ``classes`` may be None only for
+    a kind that reads the class names from the dataset."""
     if not isinstance(source_cfg, dict) or "kind" not in source_cfg:
         raise InputError(f"source: {source_cfg!r} needs a 'kind' key naming one of {available_sources()}")
-    rows = get_source(source_cfg["kind"])(source_cfg, Path(out_dir), list(classes))
+    source = get_source(source_cfg["kind"])
+    if classes is None and source_cfg["kind"] not in _NAMING_CLASSES:
+        raise InputError(f"classes: required for source kind {source_cfg['kind']!r}; list the class names")
+    rows = source(source_cfg, Path(out_dir), None if classes is None else list(classes))
     return rows if isinstance(rows, SourceRows) else SourceRows(rows)
 
 
@@ -92,11 +105,15 @@ def bad_image_list_path(out_dir: Path) -> Path:
     return out_dir.parent / f"{out_dir.name}.bad_images.txt"
 
 
-def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: str, on_bad_image: str,
+def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str] | None, task: str, on_bad_image: str,
                     allow_train_only_classes: bool, out_dir: str | Path,
-                    cross_split_duplicates: str = "fail") -> list[ManifestRow]:
+                    cross_split_duplicates: str = "fail", source_fingerprint: str | None = None) -> list[ManifestRow]:
     """Run the source, check and hash every image, drop duplicates, validate the rows and write
-    ``manifest.csv``, ``classes.json``, ``bad_images.txt`` and ``warnings.txt`` into ``out_dir``.
+    ``manifest.csv``, ``classes.json``, ``bad_images.txt`` and ``warnings.txt`` into ``out_dir``,
+    and ``provenance.json`` for a source that reports where its data came from (a Hub commit, a local
+    dataset's fingerprint). ``classes`` None: the source names them (a ClassLabel feature).
+    ``source_fingerprint``: the local dataset's fingerprint the workflow planned with; data that
+    changed since then is refused, so that provenance.json records what the workflow saw.
 
     Every bad image (missing, empty, undecodable) is found before anything fails: with
     ``on_bad_image="fail"`` the error lists them and the full list goes to ``bad_image_list_path``;
@@ -123,7 +140,8 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     )
     from projection_probe.io import write_json, write_text
 
-    classes = check_class_list(classes)
+    if classes is not None:
+        classes = check_class_list(classes)
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise InputError(f"data.on_bad_image: unknown value {on_bad_image!r}; use one of {list(BAD_IMAGE_POLICIES)}")
     root = source_cfg.get("root") if isinstance(source_cfg, dict) else None
@@ -149,6 +167,13 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
     staging = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=out_dir))
     try:
         listed = run_source(source_cfg, out_dir, classes)
+        if classes is None:
+            classes = check_class_list(listed.classes, f"datasets.{dataset}.classes (read from the source)")
+        provenance = listed.provenance
+        if source_fingerprint and provenance and provenance.get("fingerprint") != source_fingerprint:
+            raise InputError(f"datasets.{dataset}.source.path: the files changed after the workflow started "
+                             f"(fingerprint {provenance.get('fingerprint')} is not the planned {source_fingerprint}); "
+                             f"run the workflow again")
         rows, bad = check_images(listed, listed.listed_at)
         warnings: list[str] = []
         if bad and on_bad_image == "fail":
@@ -166,7 +191,12 @@ def prepare_dataset(dataset: str, source_cfg: dict, classes: list[str], task: st
         write_json(staging / "classes.json", {"task": task, "classes": classes})
         write_text(staging / "warnings.txt", "".join(f"{w}\n" for w in warnings))
         write_manifest(staging / "manifest.csv", rows)
-        for name in ("classes.json", "bad_images.txt", "warnings.txt", "manifest.csv"):
+        names = ["classes.json", "bad_images.txt", "warnings.txt", "manifest.csv"]
+        (out_dir / PROVENANCE_FILE).unlink(missing_ok=True)
+        if provenance:
+            write_json(staging / PROVENANCE_FILE, provenance)
+            names.insert(0, PROVENANCE_FILE)
+        for name in names:
             os.replace(staging / name, out_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,7 @@ CPU. Used by the end-to-end test, the Slurm integration test and the determinism
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import yaml
@@ -10,6 +11,8 @@ import yaml
 from projection_probe.testing.tiny import make_tiny_clip, make_tiny_parts
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# The shipped Fashion-MNIST subset as a local 🤗 datasets folder.
+FASHION_DATASET = REPO_ROOT / "resources" / "fashion_mnist_subset"
 
 MICRO_CONFIG = {
     "seeds": [0, 1],
@@ -23,7 +26,8 @@ MICRO_CONFIG = {
             "task": "clothing items",
             "classes": ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                         "ankle boot"],
-            "source": {"kind": "fashion_mnist_subset", "path": None, "train_per_class": 6, "test_per_class": 3},
+            "source": {"kind": "hf", "path": None, "label_map": {"T-shirt/top": "T-shirt"}, "train_per_class": 6,
+                       "test_per_class": 3},
         },
     },
     "data": {"on_bad_image": "fail", "allow_train_only_classes": True, "prompt_output_cue": False},
@@ -83,7 +87,7 @@ def micro_config(models_dir: Path) -> dict:
     config = copy.deepcopy(MICRO_CONFIG)
     config["model"]["vision"]["path"] = str(models_dir / "vision")
     config["model"]["language_model"]["path"] = str(models_dir / "llm")
-    config["datasets"]["fashion"]["source"]["path"] = str(REPO_ROOT / "resources" / "fashion_mnist_subset.npz")
+    config["datasets"]["fashion"]["source"]["path"] = str(FASHION_DATASET)
     config["baselines"]["encoder_zero_shot"]["model"] = str(models_dir / "clip")
     return config
 
@@ -105,13 +109,17 @@ def make_micro_workdir(tmp_path: str | Path, models_dir: str | Path | None = Non
     workdir.mkdir(parents=True, exist_ok=True)
     models = make_micro_models(models_dir or workdir / "tiny_models")
     config = micro_config(models)
+    # The run's own copy of the fashion dataset: a test may touch it to change its fingerprint.
+    fashion = workdir / "fashion_dataset"
+    if not fashion.exists():
+        shutil.copytree(FASHION_DATASET, fashion)
+    config["datasets"]["fashion"]["source"]["path"] = str(fashion)
     config.update(overrides)
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 
 
 def snakemake_command(workdir: Path, *extra: str, cores: int = 2) -> list[str]:
-    import shutil
     import sys
 
     snakemake = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")

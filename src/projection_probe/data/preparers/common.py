@@ -106,6 +106,18 @@ def read_label_map(source_cfg: dict, classes: list[str], *, allow_null: bool = F
     return out
 
 
+def drop_labels(source_cfg: dict, label_map: dict[str, str | None]) -> set[str]:
+    """``source.drop_labels``: raw labels whose rows are left out; none may also map to a class."""
+    value = source_cfg.get("drop_labels", [])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise InputError(f"source.drop_labels: {value!r} must be a list of raw label strings")
+    both = sorted(v for v in value if label_map.get(v) is not None)
+    if both:
+        raise InputError(f"source.drop_labels: {both} also map to a class in source.label_map; keep each raw "
+                         f"label in only one of them")
+    return set(value)
+
+
 class LabelResolver:
     """Maps a raw label (a folder name or an annotation value) to a pinned class string.
 

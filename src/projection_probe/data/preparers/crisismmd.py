@@ -24,6 +24,7 @@ from pathlib import Path
 from projection_probe.data.manifest import LISTED_IN_MESSAGE, ManifestRow, SourceRows
 from projection_probe.data.preparers.common import (
     LabelResolver,
+    drop_labels,
     nested_file_hint,
     read_label_map,
     require_dir,
@@ -79,17 +80,6 @@ def train_splits(source_cfg: dict) -> tuple[str, ...]:
         raise InputError(f"source.train_splits: {value!r} must be a non-empty list of distinct official "
                          f"splits from {allowed}, e.g. ['train'] or ['train', 'dev']")
     return tuple(value)
-
-
-def drop_labels(source_cfg: dict, label_map: dict[str, str | None]) -> set[str]:
-    value = source_cfg.get("drop_labels", [])
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"source.drop_labels: {value!r} must be a list of raw label strings")
-    both = sorted(v for v in value if label_map.get(v) is not None)
-    if both:
-        raise InputError(f"source.drop_labels: {both} also map to a class in source.label_map; keep each raw "
-                         f"label in only one of them")
-    return set(value)
 
 
 @register_source(KIND)
