@@ -424,7 +424,9 @@ def main(argv=None) -> int:
     from projection_probe.data.prompts import format_human_turn
     from projection_probe.evaluate.classify import test_records
     from projection_probe.io import InputError
-    from projection_probe.models.loaders import load_facade, resolve_device, write_facade_spec
+    from projection_probe.models.loaders import load_facade, resolve_device
+    from projection_probe.models.spec import FacadeSpec
+    from projection_probe.names import MODES
     from projection_probe.testing.tiny import (
         llava_1_5_7b_configs,
         make_random_llava,
@@ -468,7 +470,7 @@ def main(argv=None) -> int:
         gc.collect()
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-        write_facade_spec(work / "base", {"format_version": 1, "llava_hf": str(work / "llava"), "template": "v1"})
+        FacadeSpec(llava_hf=str(work / "llava"), template="v1").to_json(work / "base")
         facade, load_s = timed(lambda: load_facade(work / "base", device=device, dtype=dtype).eval(), device)
         n_lm = llm_matmul_parameters(facade)
         n_vision = sum(p.numel() for p in facade.vision.parameters())
@@ -506,7 +508,7 @@ def main(argv=None) -> int:
         summary["phases"]["classify"] = phase_classify(
             facade, test_records(work / "test.jsonl"), cache, classes, sizes["classify_batch"],
             config["classify"].get("max_new_tokens"), device, flops, peaks, seq_tokens)
-        for mode in ("generate", "constrained", "likelihood"):
+        for mode in MODES:
             print(f"classify {mode}: {summary['phases']['classify'][mode]['samples_per_s']:.2f} samples/s", flush=True)
 
         hp = {"lr": settings["ft-proj"]["lr"], "per_device_batch": sizes["ft_proj_batch"]}

@@ -165,6 +165,26 @@ def test_truncated_facade_json_is_named(setup, tmp_path, capsys):
                  "not valid JSON")
 
 
+@pytest.mark.parametrize(("change", "says"), [
+    ({"format_version": 2}, "format_version 2 is unknown; this version of projection-probe reads format_version 1"),
+    ({"format_version": None}, "missing key 'format_version'"),
+    ({"projector": None}, "missing key 'projector'"),
+    ({"colour": "blue"}, "unknown key 'colour'"),
+], ids=["newer-version", "no-version", "no-projector", "unknown-key"])
+def test_facade_json_of_another_version_or_missing_a_key_is_refused_naming_folder_and_key(setup, tmp_path, capsys,
+                                                                                            change, says):
+    model = tmp_path / "model"
+    shutil.copytree(setup["base"], model)
+    spec = json.loads((model / "facade.json").read_text())
+    for key, value in change.items():
+        if value is None:
+            del spec[key]
+        else:
+            spec[key] = value
+    write_json(model / "facade.json", spec)
+    fails_naming(capsys, classify_args(setup, tmp_path / "pred.csv", model=model), str(model / "facade.json"), says)
+
+
 def test_prompts_cut_mid_line_name_file_and_line(setup, tmp_path, capsys):
     prompts = tmp_path / "prompts_seed0.jsonl"
     lines = (setup["data"] / "prompts_seed0.jsonl").read_text().splitlines()

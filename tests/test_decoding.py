@@ -71,11 +71,22 @@ def test_free_text_decoding_equals_the_recomputed_reference(facade, batch, tempe
             return logits.argmax(-1)
         return torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=reference_generator).squeeze(1)
 
+    def pick_again():
+        """`pick` with a fresh generator of the same seed: the same draws over again."""
+        nonlocal reference_generator
+        reference_generator = None if seed is None else torch.Generator().manual_seed(seed)
+        return pick
+
     tokens = reference_decode(facade, inputs, x_v, budget, pick, stop_ids=facade._stop_token_ids(),
                               row_ended=lambda t: answer_line_ended(facade.tokenizer.decode(t)))
     expected = [facade.tokenizer.decode(t) for t in tokens]
     assert texts == expected
-    assert cut_off == [len(t) >= budget and not answer_line_ended(text) for t, text in zip(tokens, expected)]
+    # Cut off: the answer would have gone on had the budget been larger (the reference, given more steps).
+    longer = reference_decode(facade, inputs, x_v, 4 * budget, pick_again(), stop_ids=facade._stop_token_ids(),
+                              row_ended=lambda t: answer_line_ended(facade.tokenizer.decode(t)))
+    assert [t == long[:len(t)] for t, long in zip(tokens, longer)] == [True] * len(tokens)
+    assert cut_off == [len(long) > len(t) for t, long in zip(tokens, longer)]
+    assert any(cut_off)  # the budget is short enough to cut answers off
     if temperature == 1.0:  # the sampling path really ran: it left the greedy path
         assert texts != facade.generate(inputs, x_v, max_new_tokens=budget)
 

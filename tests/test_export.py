@@ -10,7 +10,8 @@ from test_train import TINY, make_llava_base, write_training_inputs
 from transformers import LlavaForConditionalGeneration
 
 from projection_probe.io import InputError
-from projection_probe.models.loaders import load_facade, write_facade_spec
+from projection_probe.models.loaders import load_facade
+from projection_probe.models.spec import FacadeSpec
 from projection_probe.testing.tiny import make_tiny_parts
 from projection_probe.train.export import export_llava_hf
 from projection_probe.train.finetune import finetune
@@ -71,10 +72,10 @@ def test_parts_base_with_clip_vision_exports(tmp_path):
     vision_dir, llm_dir = make_tiny_parts(tmp_path / "parts")
     base = tmp_path / "base"
     save_safetensors(base / "projector.safetensors", MLP2xGeluProjector(32, 64).state_dict())
-    write_facade_spec(base, {"format_version": 1, "vision": {"kind": "clip", "path": str(vision_dir)},
-                             "projector": {"kind": "mlp2x_gelu", "in_features": 32, "out_features": 64,
-                                           "weights": "projector.safetensors"},
-                             "language_model": {"path": str(llm_dir)}, "template": "v1"})
+    FacadeSpec(vision={"kind": "clip", "path": str(vision_dir)},
+               projector={"kind": "mlp2x_gelu", "in_features": 32, "out_features": 64,
+                          "weights": "projector.safetensors"},
+               language_model={"path": str(llm_dir)}, template="v1").to_json(base)
     exported = tmp_path / "exported"
     export_llava_hf(base, exported)
     config = json.loads((exported / "config.json").read_text())
@@ -85,9 +86,9 @@ def test_parts_base_with_clip_vision_exports(tmp_path):
 
 def test_efficientnet_base_cannot_be_exported(tmp_path):
     base = tmp_path / "base"
-    write_facade_spec(base, {"format_version": 1, "vision": {"kind": "efficientnet_lite0"},
-                             "projector": {"kind": "mlp2x_gelu", "in_features": 1280, "out_features": 576},
-                             "language_model": {"path": "llm"}})
+    FacadeSpec(vision={"kind": "efficientnet_lite0"},
+               projector={"kind": "mlp2x_gelu", "in_features": 1280, "out_features": 576},
+               language_model={"path": "llm"}).to_json(base)
     with pytest.raises(InputError, match="efficientnet_lite0"):
         export_llava_hf(base, tmp_path / "exported")
     assert not (tmp_path / "exported").exists()

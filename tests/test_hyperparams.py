@@ -19,6 +19,7 @@ from projection_probe.hyperparams import (
     ProbeHyperparams,
     defaults,
     from_args,
+    to_options,
 )
 
 SCHEMA = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
@@ -111,10 +112,9 @@ def test_a_schema_default_that_disagrees_is_found():
 FINETUNE_LINE = (
     "finetune --base-model m --prompts p.jsonl --vision-cache v.safetensors --setting ft-lora --lr 0.0002"
     " --effective-batch 8 --per-device-batch 4 --epochs 1 --warmup-ratio 0.03 --weight-decay 0.0"
-    " --lr-scheduler cosine --max-grad-norm 0.0 --seed 0 --no-bf16 --no-gradient-checkpointing"
-    " --checkpoint-every-steps 50 --max-examples 0 --lora-r 4 --lora-alpha 8 --lora-dropout 0.05"
-    " --projector-lr 2e-05 --optim adamw_torch --template v1 --model-dtype float32 --num-workers 0"
-    " --threads 1 --out-dir out")
+    " --lr-scheduler cosine --max-grad-norm 0.0 --seed 0 --optim adamw_torch --max-examples 0"
+    " --model-max-length 2048 --lora-r 4 --lora-alpha 8 --lora-dropout 0.05 --template v1 --projector-lr 2e-05"
+    " --model-dtype float32 --checkpoint-every-steps 50 --num-workers 0 --threads 1 --out-dir out")
 ALIGN_LINE = (
     "align-projector --vision-json '{\"kind\": \"clip\"}' --llm-dir llm --projector mlp2x_gelu"
     " --vision-caches a.safetensors b.safetensors --manifests a.csv b.csv --caption-source imagenet_top1"
@@ -146,6 +146,33 @@ def test_workflow_command_lines_parse_into_the_dataclasses():
     assert parse(PROBE_LINE, ProbeHyperparams) == ProbeHyperparams(
         hidden=(32, 16), lr=1e-3, batch_size=16, max_epochs=15, patience=3, val_fraction=0.2, standardize=True,
         restore_best=False, seed=1)
+
+
+@pytest.mark.parametrize("hp", [
+    FinetuneHyperparams(lr=2e-4, effective_batch=8, per_device_batch=4, bf16=True, max_examples=None,
+                        checkpoint_every_steps=None, template=None, optim="adamw torch"),
+    FinetuneHyperparams(lr=1e-3, effective_batch=2, per_device_batch=1, gradient_checkpointing=True, max_examples=30,
+                        template="chatml", model_max_length=None),
+    ProbeHyperparams(hidden=(32, 16), standardize=True, restore_best=False, val_source="test"),
+    ProbeHyperparams(),
+    ClassifyHyperparams(stop_at_newline=False, max_new_tokens=7, parser="exact"),
+], ids=["finetune-flags-on", "finetune-flags-off", "probe-changed", "probe-defaults", "classify"])
+def test_generated_options_parse_back_into_the_same_dataclass(hp):
+    """The workflow's option strings (to_options) are what the subcommand parses into its dataclass."""
+    cls = type(hp)
+    name, required = {FinetuneHyperparams: ("finetune", "--base-model m --prompts p --vision-cache v --setting ft-proj"
+                                                        " --threads 1 --out-dir o"),
+                      ProbeHyperparams: ("train-probe", "--train a --test b --classes c --feature post"
+                                                        " --out-predictions p --out-json s"),
+                      ClassifyHyperparams: ("classify", "--model m --prompts p --vision-cache v --classes c"
+                                                        " --out o")}[cls]
+    line = f"{name} {required} {to_options(cls, dataclasses.asdict(hp))}"
+    assert parse(line, cls) == hp
+
+
+def test_generated_options_refuse_a_key_that_is_not_a_field():
+    with pytest.raises(ValueError, match="FinetuneHyperparams has no field 'kind'"):
+        to_options(FinetuneHyperparams, {"lr": 1e-3, "kind": "ft-proj"})
 
 
 def test_zero_means_none_and_bad_values_are_refused(capsys):

@@ -39,12 +39,13 @@ def write_prompts_and_cache(folder: Path, num_patches: int, dim: int, n_train: i
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    from projection_probe.models.loaders import load_facade, write_facade_spec
+    from projection_probe.models.loaders import load_facade
+    from projection_probe.models.spec import FacadeSpec
     from projection_probe.testing.tiny import make_tiny_llava
 
     root = tmp_path_factory.mktemp("operational")
     make_tiny_llava(root / "llava")
-    write_facade_spec(root / "base", {"format_version": 1, "llava_hf": str(root / "llava"), "template": "v1"})
+    FacadeSpec(llava_hf=str(root / "llava"), template="v1").to_json(root / "base")
     facade = load_facade(root / "base")
     prompts, cache = write_prompts_and_cache(root / "data", facade.num_image_tokens, facade.vision.hidden_size)
     return root, root / "base", prompts, cache

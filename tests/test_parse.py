@@ -84,13 +84,8 @@ def test_parse_exact_is_no_parser(raw, expected):
 
 
 def test_read_answer_dispatch_and_unknown_parser():
-    from projection_probe.evaluate import commands
-    from projection_probe.evaluate.parse import PARSERS, read_answer
+    from projection_probe.evaluate.parse import read_answer
 
-    assert commands.PARSERS == PARSERS  # the CLI's light copy stays in sync
-    from projection_probe.evaluate.parse import SEVERAL_CLASSES
-
-    assert commands.SEVERAL_CLASSES == SEVERAL_CLASSES
     assert read_answer('"banded".', ["Banded", "Dotted"]) == "Banded"  # default: the parser
     with pytest.raises(InputError, match="classify.parser.*'fuzzy'"):
         read_answer("Banded", ["Banded"], "fuzzy")

@@ -10,7 +10,8 @@ from transformers import TrainerCallback
 
 from projection_probe.io import InputError, load_safetensors, read_json, save_safetensors, write_jsonl
 from projection_probe.models.facade import IGNORE_INDEX, MultimodalLM
-from projection_probe.models.loaders import load_facade, write_facade_spec
+from projection_probe.models.loaders import load_facade
+from projection_probe.models.spec import FacadeSpec
 from projection_probe.testing.tiny import make_tiny_llava, make_tiny_parts
 from projection_probe.train.data import (
     CachedFeatureDataset,
@@ -60,7 +61,7 @@ def write_training_inputs(folder: Path, num_patches: int, dim: int, n_train: int
 
 def make_llava_base(folder: Path) -> Path:
     make_tiny_llava(folder / "llava")
-    write_facade_spec(folder / "base", {"format_version": 1, "llava_hf": str(folder / "llava"), "template": "v1"})
+    FacadeSpec(llava_hf=str(folder / "llava"), template="v1").to_json(folder / "base")
     return folder / "base"
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
 
-TEMPLATES = ("v1", "plain", "llava_hf", "chatml")
+from projection_probe.names import LAYER_POOLINGS, PARSERS, PROJECTOR_KINDS, SEVERAL_CLASSES, TEMPLATES
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices=None, none_at_or_below_zero: bool = False,
@@ -76,6 +77,34 @@ def add_options(parser: argparse.ArgumentParser, cls) -> None:
             shown = 0 if f.default is None and meta.get("none_at_or_below_zero") else "%(default)s"
             kwargs["help"] = f"{kwargs['help'] or ''} (default: {shown})".lstrip()
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+
+
+def to_options(cls, values: dict) -> str:
+    """The command-line options, as `add_options` made them, that give the fields in `values` (field
+    name → value) of the dataclass `cls`: how the workflow's rules pass a stage's settings. A boolean at
+    its default gives no option, so that a command line changes only with a changed setting; None gives
+    the option's 0 where 0 means None, and no option where None is the default."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field {unknown[0]!r}; its fields: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    options = []
+    for name, value in values.items():
+        meta, flag = fields[name].metadata, "--" + name.replace("_", "-")
+        if _base_type(hints[name]) is bool:
+            if value != fields[name].default:
+                options.append(meta.get("negative_flag") or (flag if value else "--no-" + flag[2:]))
+        elif value is None and meta.get("none_at_or_below_zero"):
+            options.append(f"{flag} 0")
+        elif value is None:
+            if fields[name].default is not None:
+                raise ValueError(f"{cls.__name__}.{name}: None is not a value of this option")
+        elif isinstance(value, (tuple, list)):
+            options.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            options.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(options)
 
 
 def from_args(cls, args: argparse.Namespace):
@@ -151,7 +180,7 @@ class AlignHyperparams(TrainingHyperparams):
     template: str = option("plain", "template used for alignment (LLaVA stage 1: plain)", choices=TEMPLATES)
     output_template: str = option("v1", "template recorded in the base model's facade.json for later "
                                          "fine-tuning and evaluation", choices=TEMPLATES)
-    projector: str = option("mlp2x_gelu", choices=("mlp2x_gelu", "linear"))
+    projector: str = option("mlp2x_gelu", choices=PROJECTOR_KINDS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,10 +241,6 @@ class ProbeHyperparams:
 
 
 # ---------------------------------------------------------------------------- classification
-PARSERS: tuple[str, ...] = ("substring", "exact")
-SEVERAL_CLASSES: tuple[str, ...] = ("invalid", "first")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ClassifyHyperparams:
     """The MLLM classifying the test split (`evaluate.classify.classify_records`), in any mode."""
@@ -233,3 +258,21 @@ class ClassifyHyperparams:
     label_chunk_size: int = option(16, "likelihood mode: (image, class) continuations per forward pass; bounds "
                                        "memory, never changes scores")
     seed: int = option(0, "sampling seed (temperature > 0)")
+
+
+# ---------------------------------------------------------------------------- analyses (docs/analysis.md)
+@dataclass(frozen=True, kw_only=True)
+class AnalysisDefaults:
+    """The analyses' defaults (config `analyses`): the workflow and the analysis subcommands read them here."""
+    poolings: tuple[str, ...] = LAYER_POOLINGS
+    storage_dtype: str = "float16"
+    layer_batch_size: int = 8
+    linear_c: float = 1.0
+    linear_max_iter: int = 500
+    knn_k: int = 10
+    bootstrap: int = 1000
+    permutations: int = 10000
+    confidence: float = 0.95
+
+
+ANALYSIS_DEFAULTS = AnalysisDefaults()

@@ -16,9 +16,9 @@ rule analysis_all:
 rule extract_layer_features:
     input:
         model=model_spec,
-        prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
+        prompts=rules.build_prompts.output.prompts,
         cache=setting_vision_cache,
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        classes=rules.prepare_dataset.output.classes,
     output:
         train=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_train.safetensors",
         test=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_test.safetensors",
@@ -29,9 +29,8 @@ rule extract_layer_features:
     conda:
         CONDA_ENV
     threads: THREADS
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
-        gpu=1,
+        **ONE_GPU,
     params:
         storage_dtype=LAYERWISE["storage_dtype"],
         device=DEVICE,

@@ -3,8 +3,8 @@
 
 rule random_baseline:
     input:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        manifest=rules.prepare_dataset.output.manifest,
+        classes=rules.prepare_dataset.output.classes,
     output:
         f"{RESULTS}/baselines/{{dataset}}/random/seed{{seed}}.csv",
     log:
@@ -19,8 +19,8 @@ rule random_baseline:
 
 rule encoder_zero_shot:
     input:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        manifest=rules.prepare_dataset.output.manifest,
+        classes=rules.prepare_dataset.output.classes,
     output:
         f"{RESULTS}/baselines/{{dataset}}/encoder_zero_shot.csv",
     log:
@@ -28,9 +28,8 @@ rule encoder_zero_shot:
     conda:
         CONDA_ENV
     threads: THREADS
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
-        gpu=1,
+        **ONE_GPU,
     params:
         args=zero_shot_args(),
         device=DEVICE,

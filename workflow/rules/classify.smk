@@ -4,9 +4,9 @@
 rule classify:
     input:
         model=model_spec,
-        prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
+        prompts=rules.build_prompts.output.prompts,
         cache=setting_vision_cache,
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        classes=rules.prepare_dataset.output.classes,
     output:
         f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
     log:
@@ -16,9 +16,8 @@ rule classify:
     conda:
         CONDA_ENV
     threads: THREADS
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
-        gpu=1,
+        **ONE_GPU,
     params:
         generation=lambda wc: generation_args(wc.mode),
         # A result only when answers are sampled; the command reads OPERATIONAL.classify_batch_size.

@@ -1,6 +1,8 @@
 # Config validation, output paths, and every helper the rules use: the functions that turn config
 # into params, inputs and targets. Rule files hold only rules.
+import dataclasses
 import json
+import os
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,12 +11,16 @@ from snakemake.utils import validate
 
 from projection_probe.data.hf_sources import source_fingerprint
 from projection_probe.hyperparams import (
+    ANALYSIS_DEFAULTS,
+    AlignHyperparams,
     ClassifyHyperparams,
     FinetuneHyperparams,
     FinetuneLaunch,
     ProbeHyperparams,
     defaults,
+    to_options,
 )
+from projection_probe.names import BASE_SETTING, IMAGE_PREPROCESSINGS
 
 # `--config 'seeds=[0,1]'` reaches the config as ['0', '1']: Snakemake parses command-line values with
 # PyYAML's BaseLoader, which keeps every scalar a string. Digit strings become integers again so the
@@ -56,8 +62,10 @@ def _fail(message):
     raise ValueError(f"config: {message}")
 
 
-if "original" not in config["settings"] or config["settings"]["original"]["kind"] != "none":
-    _fail("settings must contain `original: {kind: none}` (the zero-shot base MLLM that Table 2 compares against)")
+if BASE_SETTING not in config["settings"] or config["settings"][BASE_SETTING]["kind"] != "none":
+    _fail(
+        f"settings must contain `{BASE_SETTING}: {{kind: none}}` (the zero-shot base MLLM that Table 2 compares against)"
+    )
 if MODEL["loader"] == "llava_hf" and not config_value("model.llava_hf"):
     _fail("model.loader is llava_hf, so model.llava_hf must name a local llava-hf checkpoint folder")
 if MODEL["loader"] == "parts":
@@ -67,39 +75,15 @@ if MODEL["loader"] == "parts":
 
 
 # The defaults of a fine-tune's options: those of src/projection_probe/hyperparams.py, and the model's
-# template. In this order: params.hp's value (with its key order) is what Snakemake compares, so a
-# finished run keeps its recorded params.
+# template.
 FINETUNE_DEFAULTS = {**defaults(FinetuneHyperparams), **defaults(FinetuneLaunch), "template": TEMPLATE}
-FINETUNE_DEFAULT_KEYS = (
-    "epochs",
-    "warmup_ratio",
-    "weight_decay",
-    "lr_scheduler",
-    "max_grad_norm",
-    "bf16",
-    "gradient_checkpointing",
-    "checkpoint_every_steps",
-    "num_gpus",
-    "optim",
-    "accelerate_config",
-    "max_examples",
-    "model_dtype",
-    "projector_lr",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "template",
-)
 
 
 def finetune_params(setting):
     """One setting's training options: its own keys over the `finetune` section over the defaults.
     Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's DeepSpeed
     runs do; pure-bf16 weights lose most updates at lr 2e-5."""
-    merged = {key: FINETUNE_DEFAULTS[key] for key in FINETUNE_DEFAULT_KEYS}
-    merged.update(config_value("finetune", {}))
-    merged.update(config["settings"][setting])
-    return merged
+    return {**FINETUNE_DEFAULTS, **config_value("finetune", {}), **config["settings"][setting]}
 
 
 # A setting's examples per optimizer step must split exactly into per-device batches on its GPUs;
@@ -135,8 +119,16 @@ OPERATIONAL = SimpleNamespace(
     num_workers=config_value("features.num_workers", 0),
     checkpoint_every_steps=config_value("finetune.checkpoint_every_steps", FINETUNE_DEFAULTS["checkpoint_every_steps"]),
     zero_shot_batch_size=config_value("baselines.encoder_zero_shot.batch_size", 32),
-    layer_batch_size=config_value("analyses.layerwise.batch_size", 8),
+    layer_batch_size=config_value("analyses.layerwise.batch_size", ANALYSIS_DEFAULTS.layer_batch_size),
 )
+OPERATIONAL.finetune_options = to_options(
+    FinetuneHyperparams,
+    {"checkpoint_every_steps": OPERATIONAL.checkpoint_every_steps, "num_workers": OPERATIONAL.num_workers},
+)
+
+# The resources of a job that runs a model on one GPU (Slurm: --gpus=1). Locally the resource is
+# unbounded unless --resources gpu=N.
+ONE_GPU = {"gpu": 1}
 
 
 wildcard_constraints:
@@ -169,6 +161,12 @@ def slurm_group(pattern):
     return group_id
 
 
+def field_options(cls, values):
+    """The options of the stage dataclass `cls` that give the keys of `values` that are its fields, in
+    field order (the other keys, e.g. a setting's `kind`, reach the command otherwise)."""
+    return to_options(cls, {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
 def as_json(value):
     """A config value as one shell-safe argument (sorted keys, so reruns trigger only on real change)."""
     return shlex.quote(json.dumps(value, sort_keys=True))
@@ -178,10 +176,14 @@ def trained(setting):
     return config["settings"][setting]["kind"] != "none"
 
 
+# The base MLLM (the "original" setting), built or aligned once; every fine-tune starts from it.
+BASE_MODEL_SPEC = f"{RESULTS}/models/base/facade.json"
+
+
 def model_dir(wildcards):
     if trained(wildcards.setting):
         return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
-    return f"{RESULTS}/models/base"
+    return os.path.dirname(BASE_MODEL_SPEC)
 
 
 def model_spec(wildcards):
@@ -201,6 +203,11 @@ def llm_dir():
 
 def data_file(dataset, name):
     return f"{RESULTS}/data/{dataset}/{name}"
+
+
+def classes_file(dataset):
+    """A dataset's classes.json, as prepare_dataset writes it (`"{dataset}"`: the rules' pattern)."""
+    return data_file(dataset, "classes.json")
 
 
 def classify_max_new_tokens():
@@ -263,69 +270,29 @@ def encoder_zero_shot_enabled():
     return config_value("baselines.encoder_zero_shot.enabled", False)
 
 
+def runs_of(dataset, seed):
+    """(setting, method, predictions file) of every run of one dataset and seed, in the tables' order."""
+    if config_value("baselines.random", True):
+        yield "-", "random", f"{RESULTS}/baselines/{dataset}/random/seed{seed}.csv"
+    for setting in SETTINGS:
+        for mode in MODES:
+            method = "mllm" if mode == PRIMARY_MODE else f"mllm-{mode}"
+            yield setting, method, predictions(dataset, setting, seed, mode)
+        yield setting, "probe_post", probe_predictions(dataset, "post", setting, seed)
+    yield "-", "probe_image_only", probe_predictions(dataset, "image_only", None, seed)
+    if encoder_zero_shot_enabled():
+        # Deterministic: one run, repeated per seed so that mean ± std has the same shape.
+        yield "-", "encoder_zero_shot", f"{RESULTS}/baselines/{dataset}/encoder_zero_shot.csv"
+
+
 def all_runs():
     """Every per-image predictions file that feeds the tables, with what it is."""
-    runs = []
-    for d in DATASETS:
-        classes = data_file(d, "classes.json")
-        for s in SEEDS:
-            if config_value("baselines.random", True):
-                runs.append(
-                    dict(
-                        dataset=d,
-                        setting="-",
-                        seed=s,
-                        method="random",
-                        classes=classes,
-                        predictions=f"{RESULTS}/baselines/{d}/random/seed{s}.csv",
-                    )
-                )
-            for setting in SETTINGS:
-                for mode in MODES:
-                    method = "mllm" if mode == PRIMARY_MODE else f"mllm-{mode}"
-                    runs.append(
-                        dict(
-                            dataset=d,
-                            setting=setting,
-                            seed=s,
-                            method=method,
-                            classes=classes,
-                            predictions=predictions(d, setting, s, mode),
-                        )
-                    )
-                runs.append(
-                    dict(
-                        dataset=d,
-                        setting=setting,
-                        seed=s,
-                        method="probe_post",
-                        classes=classes,
-                        predictions=probe_predictions(d, "post", setting, s),
-                    )
-                )
-            runs.append(
-                dict(
-                    dataset=d,
-                    setting="-",
-                    seed=s,
-                    method="probe_image_only",
-                    classes=classes,
-                    predictions=probe_predictions(d, "image_only", None, s),
-                )
-            )
-            if encoder_zero_shot_enabled():
-                # Deterministic: one run, repeated per seed so that mean ± std has the same shape.
-                runs.append(
-                    dict(
-                        dataset=d,
-                        setting="-",
-                        seed=s,
-                        method="encoder_zero_shot",
-                        classes=classes,
-                        predictions=f"{RESULTS}/baselines/{d}/encoder_zero_shot.csv",
-                    )
-                )
-    return runs
+    return [
+        dict(dataset=d, setting=setting, seed=s, method=method, classes=classes_file(d), predictions=file)
+        for d in DATASETS
+        for s in SEEDS
+        for setting, method, file in runs_of(d, s)
+    ]
 
 
 def log_path(rule_name, *parts):
@@ -353,14 +320,33 @@ def download_targets():
     }
 
 
+# ---------------------------------------------------------------- models
+def align_options():
+    """align-projector's options, generated from AlignHyperparams' fields: the `align` section, the
+    model's projector and template, and the first seed."""
+    values = {
+        **config_value("align", {}),
+        "projector": config_value("model.projector", AlignHyperparams.projector),
+        "output_template": TEMPLATE,
+        "seed": SEEDS[0],
+    }
+    return field_options(AlignHyperparams, values)
+
+
 # ---------------------------------------------------------------- finetune
 # The result keys of a fine-tune: every training option except the operational ones, which reach the
-# command through OPERATIONAL. The launcher carries num_gpus and accelerate_config.
-FINETUNE_OPERATIONAL_KEYS = {"checkpoint_every_steps"}
+# command through OPERATIONAL, and the seed, which is the job's. The launcher carries num_gpus and
+# accelerate_config.
+FINETUNE_NOT_RESULTS = {"checkpoint_every_steps", "num_workers", "seed"}
 
 
 def finetune_hyperparameters(setting):
-    return {k: v for k, v in finetune_params(setting).items() if k not in FINETUNE_OPERATIONAL_KEYS}
+    return {k: v for k, v in finetune_params(setting).items() if k not in FINETUNE_NOT_RESULTS}
+
+
+def finetune_options(setting, seed):
+    """The `finetune` options of one setting and seed, generated from FinetuneHyperparams' fields."""
+    return field_options(FinetuneHyperparams, {**finetune_hyperparameters(setting), "seed": seed})
 
 
 def finetune_launcher(setting):
@@ -369,10 +355,6 @@ def finetune_launcher(setting):
         config_arg = f" --config_file {shlex.quote(params['accelerate_config'])}" if params["accelerate_config"] else ""
         return f"accelerate launch --num_processes {params['num_gpus']}{config_arg} -m projection_probe.cli"
     return "projection-probe"
-
-
-def optional_int(value):
-    return 0 if value is None else value
 
 
 # ---------------------------------------------------------------- classify
@@ -407,15 +389,8 @@ def sampling_batch_size(mode):
 
 # ---------------------------------------------------------------- probes
 def probe_args(kind):
-    p = config["probes"][kind]
-    args = (
-        f"--hidden {','.join(str(h) for h in p['hidden'])} --lr {p['lr']} --batch-size {p['batch_size']}"
-        f" --max-epochs {p['max_epochs']} --patience {p['patience']} --val-fraction {p['val_fraction']}"
-        f" --val-source {p['val_source']}"
-    )
-    # Flags only when set, so that configs without these keys keep their params (and their results).
-    args += " --standardize" if p.get("standardize", ProbeHyperparams.standardize) else ""
-    return args + ("" if p.get("restore_best", ProbeHyperparams.restore_best) else " --last-epoch")
+    """A probe's options, generated from ProbeHyperparams' fields (the seed is the job's)."""
+    return field_options(ProbeHyperparams, config["probes"][kind])
 
 
 # ---------------------------------------------------------------- baselines
@@ -445,18 +420,22 @@ def paper_args():
 # ---------------------------------------------------------------- analyses (docs/analysis.md)
 LAYERWISE = {
     "enabled": True,
-    "poolings": ["image_mean", "last_token"],
-    "storage_dtype": "float16",
+    "poolings": list(ANALYSIS_DEFAULTS.poolings),
+    "storage_dtype": ANALYSIS_DEFAULTS.storage_dtype,
     "mlp": False,
     **config_value("analyses.layerwise", {}),
 }
-LINEAR_PROBE = {"C": 1.0, "max_iter": 500, **config_value("analyses.linear_probe", {})}
+LINEAR_PROBE = {
+    "C": ANALYSIS_DEFAULTS.linear_c,
+    "max_iter": ANALYSIS_DEFAULTS.linear_max_iter,
+    **config_value("analyses.linear_probe", {}),
+}
 MATCHED_PROBES = {"enabled": True, "mlp": True, **config_value("analyses.matched_probes", {})}
-SIMILARITY = {"enabled": True, "knn_k": 10, **config_value("analyses.similarity", {})}
+SIMILARITY = {"enabled": True, "knn_k": ANALYSIS_DEFAULTS.knn_k, **config_value("analyses.similarity", {})}
 CONTROL_TASKS = bool(config_value("analyses.control_tasks", True))
-BOOTSTRAP = int(config_value("analyses.bootstrap", 1000))
-PERMUTATIONS = int(config_value("analyses.permutations", 10000))
-CONFIDENCE = float(config_value("analyses.confidence", 0.95))
+BOOTSTRAP = int(config_value("analyses.bootstrap", ANALYSIS_DEFAULTS.bootstrap))
+PERMUTATIONS = int(config_value("analyses.permutations", ANALYSIS_DEFAULTS.permutations))
+CONFIDENCE = float(config_value("analyses.confidence", ANALYSIS_DEFAULTS.confidence))
 ANALYSIS = f"{RESULTS}/analysis"
 
 
@@ -480,7 +459,7 @@ def analysis_mlp_json():
 def analysis_probe_inputs(wildcards):
     base = f"{ANALYSIS}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
     feats = f"{RESULTS}/features/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
-    out = {"classes": f"{RESULTS}/data/{wildcards.dataset}/classes.json"}
+    out = {"classes": classes_file(wildcards.dataset)}
     if LAYERWISE["enabled"]:
         out.update(layers_train=f"{base}/layers_train.safetensors", layers_test=f"{base}/layers_test.safetensors")
     if MATCHED_PROBES["enabled"]:

@@ -6,7 +6,7 @@ rule prepare_dataset:
         downloaded_root,
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        classes=classes_file("{dataset}"),
         bad_images=f"{RESULTS}/data/{{dataset}}/bad_images.txt",
         warnings=f"{RESULTS}/data/{{dataset}}/warnings.txt",
     log:
@@ -35,7 +35,7 @@ rule build_prompts:
         manifest=rules.prepare_dataset.output.manifest,
         classes=rules.prepare_dataset.output.classes,
     output:
-        f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
+        prompts=f"{RESULTS}/data/{{dataset}}/prompts_seed{{seed}}.jsonl",
     log:
         log_path("build_prompts", "{dataset}", "seed{seed}"),
     localrule: True

@@ -15,9 +15,8 @@ rule extract_vision_features:
     conda:
         CONDA_ENV
     threads: THREADS
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
-        gpu=1,
+        **ONE_GPU,
     params:
         vision=as_json(vision_spec()),
         preprocessing=default_preprocessing() + exif_transpose_flag(),
@@ -35,7 +34,7 @@ use rule extract_vision_features as extract_vision_features_variant with:
     log:
         log_path("extract_vision_features", "{dataset}_{preprocessing}"),
     wildcard_constraints:
-        preprocessing="pad|square",
+        preprocessing="|".join(IMAGE_PREPROCESSINGS),
     params:
         vision=as_json(vision_spec()),
         preprocessing=lambda wc: wc.preprocessing + exif_transpose_flag(),
@@ -58,9 +57,8 @@ rule extract_features:
     conda:
         CONDA_ENV
     threads: THREADS
-    # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
     resources:
-        gpu=1,
+        **ONE_GPU,
     params:
         device=DEVICE,
     shell:

@@ -21,7 +21,7 @@ if MODEL["loader"] == "llava_hf":
 
     rule build_base_model:
         output:
-            f"{RESULTS}/models/base/facade.json",
+            BASE_MODEL_SPEC,
         log:
             log_path("build_base_model", "base"),
         localrule: True
@@ -43,7 +43,7 @@ else:
             caches=[vision_cache(d) for d in config_value("align.datasets", DATASETS)],
             manifests=[data_file(d, "manifest.csv") for d in config_value("align.datasets", DATASETS)],
         output:
-            f"{RESULTS}/models/base/facade.json",
+            BASE_MODEL_SPEC,
         log:
             log_path("align_projector", "base"),
         conda:
@@ -52,20 +52,12 @@ else:
         # threads than the other jobs (config resources.align_threads; Slurm: set-threads replaces it).
         # Not derived from --cores: an executor run (Slurm) has no total core count.
         threads: int(config_value("resources.align_threads", THREADS))
-        # One GPU (Slurm: --gpus=1). Locally the resource is unbounded unless --resources gpu=N.
         resources:
-            gpu=1,
+            **ONE_GPU,
         params:
             vision=as_json(MODEL["vision"]),
-            projector=config_value("model.projector", "mlp2x_gelu"),
-            align=config_value("align", {}),
-            template=TEMPLATE,
-            seed=SEEDS[0],
+            options=align_options(),
         shell:
             "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm:q}"
-            " --projector {params.projector} --vision-caches {input.caches} --manifests {input.manifests}"
-            " --caption-source {params.align[caption_source]} --template {params.align[template]}"
-            " --lr {params.align[lr]} --epochs {params.align[epochs]}"
-            " --effective-batch {params.align[effective_batch]} --per-device-batch {params.align[per_device_batch]}"
-            " --max-examples {params.align[max_examples]} --seed {params.seed}"
-            " --output-template {params.template} --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"
+            " --vision-caches {input.caches} --manifests {input.manifests} {params.options}"
+            " --threads {threads} --out-dir $(dirname {output}) > {log} 2>&1"

@@ -3,9 +3,9 @@
 
 rule train_probe_post:
     input:
-        train=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/train.safetensors",
-        test=f"{RESULTS}/features/{{dataset}}/{{setting}}/seed{{seed}}/test.safetensors",
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        train=rules.extract_features.output.train,
+        test=rules.extract_features.output.test,
+        classes=rules.prepare_dataset.output.classes,
     output:
         predictions=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.csv",
         summary=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
@@ -33,7 +33,7 @@ rule train_probe_image_only:
         # Pre-projection vectors do not depend on the setting (the vision tower is frozen throughout).
         train=f"{RESULTS}/features/{{dataset}}/original/seed{{seed}}/train.safetensors",
         test=f"{RESULTS}/features/{{dataset}}/original/seed{{seed}}/test.safetensors",
-        classes=f"{RESULTS}/data/{{dataset}}/classes.json",
+        classes=rules.prepare_dataset.output.classes,
     output:
         predictions=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.csv",
         summary=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.json",

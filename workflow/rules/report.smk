@@ -4,7 +4,7 @@
 rule aggregate:
     input:
         [run["predictions"] for run in all_runs()],
-        classes=expand(f"{RESULTS}/data/{{dataset}}/classes.json", dataset=DATASETS),
+        classes=expand(rules.prepare_dataset.output.classes, dataset=DATASETS),
     output:
         f"{RESULTS}/metrics/all_runs.csv",
     log:

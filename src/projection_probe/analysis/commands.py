@@ -19,6 +19,7 @@ import json
 import logging
 
 from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
+from projection_probe.hyperparams import ANALYSIS_DEFAULTS
 from projection_probe.io import InputError
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def run_recompute(args) -> None:
     out = Path(args.out_dir or results)
     opts = parse_json_arg("--options", args.options) if args.options else {}
     linear = opts.get("linear_probe", {})
-    linear = {"c": linear.get("C", 1.0), "max_iter": linear.get("max_iter", 500)}
+    linear = {"c": linear.get("C", ANALYSIS_DEFAULTS.linear_c),
+              "max_iter": linear.get("max_iter", ANALYSIS_DEFAULTS.linear_max_iter)}
     mlp = opts.get("mlp")
     probe_files, sim_files = [], []
     layer_dirs = sorted({p.parent for p in (results / "analysis").glob("*/*/seed*/layers_test.safetensors")})
@@ -185,10 +187,12 @@ def run_recompute(args) -> None:
             entry["features"][setting] = feats / "test.safetensors"
     for (dataset, seed), entry in by_dataset_seed.items():
         target = out / "analysis" / dataset / f"seed{seed}" / "similarity.csv"
-        write_csv(target, similarity_one(dataset, seed, entry["layers"], entry["features"], opts.get("knn_k", 10)))
+        knn_k = opts.get("knn_k", ANALYSIS_DEFAULTS.knn_k)
+        write_csv(target, similarity_one(dataset, seed, entry["layers"], entry["features"], knn_k))
         sim_files.append(target)
     probes = reports.read_csvs(probe_files)
-    n_boot, conf = opts.get("bootstrap", 1000), opts.get("confidence", 0.95)
+    n_boot = opts.get("bootstrap", ANALYSIS_DEFAULTS.bootstrap)
+    conf = opts.get("confidence", ANALYSIS_DEFAULTS.confidence)
     t, f = out / "tables", out / "figures"
     reports.layerwise_report(probes, t / "analysis_layerwise.csv", t / "analysis_layerwise.md",
                              f / "analysis_layerwise_f1.png", f / "analysis_layerwise_f1.pdf", n_boot, conf)
@@ -205,7 +209,8 @@ def run_recompute(args) -> None:
 
         reports.claims_report(read_all_runs(all_runs), t / "analysis_claims.csv", t / "analysis_claims.md",
                               t / "analysis_seed_stats.csv", t / "analysis_seed_stats.md", f / "analysis_claims.png",
-                              f / "analysis_claims.pdf", n_boot, opts.get("permutations", 10000), conf)
+                              f / "analysis_claims.pdf", n_boot,
+                              opts.get("permutations", ANALYSIS_DEFAULTS.permutations), conf)
     log.info("recomputed %d probe files and %d similarity files into %s", len(probe_files), len(sim_files), out)
 
 
@@ -222,8 +227,8 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", required=True, help="prompts_seed{seed}.jsonl (train and test records)")
     p.add_argument("--vision-cache", required=True, help="vision.safetensors (X_v)")
     p.add_argument("--classes", required=True, help="classes.json")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--storage-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--batch-size", type=int, default=ANALYSIS_DEFAULTS.layer_batch_size)
+    p.add_argument("--storage-dtype", choices=("float16", "float32"), default=ANALYSIS_DEFAULTS.storage_dtype)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -243,8 +248,10 @@ def register(subparsers) -> None:
     p.add_argument("--features-train", help="features-stage train.safetensors (pre, post): matched probes")
     p.add_argument("--features-test")
     p.add_argument("--poolings", default=None, help="comma list (default: all in the layer files)")
-    p.add_argument("--c", type=float, default=1.0, help="logistic regression inverse regularisation")
-    p.add_argument("--max-iter", type=int, default=500, help="logistic regression iteration bound")
+    p.add_argument("--c", type=float, default=ANALYSIS_DEFAULTS.linear_c,
+                   help="logistic regression inverse regularisation")
+    p.add_argument("--max-iter", type=int, default=ANALYSIS_DEFAULTS.linear_max_iter,
+                   help="logistic regression iteration bound")
     p.add_argument("--mlp", default=None, help="JSON: MLP probe hyperparameters (hidden, lr, batch_size, ...); "
                                                "without it only linear probes run")
     p.add_argument("--layer-mlp", action="store_true", help="also an MLP probe per layer (needs --mlp)")
@@ -259,7 +266,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--layers", nargs="*", default=[], help="SETTING=layers_test.safetensors ...")
     p.add_argument("--features", nargs="*", default=[], help="SETTING=features test.safetensors ...")
-    p.add_argument("--knn-k", type=int, default=10)
+    p.add_argument("--knn-k", type=int, default=ANALYSIS_DEFAULTS.knn_k)
     add_threads_option(p)
     p.add_argument("--out", required=True, help="similarity.csv")
     p.set_defaults(handler=run_similarity)
@@ -268,8 +275,9 @@ def register(subparsers) -> None:
                                 ("analysis-matched-report", run_matched_report, "matched pre/post probes")):
         p = subparsers.add_parser(name, help=f"table and figure: {text}")
         p.add_argument("--probes", nargs="+", required=True, help="probes.csv files")
-        p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over seeds (0: no CI)")
-        p.add_argument("--confidence", type=float, default=0.95)
+        p.add_argument("--bootstrap", type=int, default=ANALYSIS_DEFAULTS.bootstrap,
+                       help="bootstrap resamples over seeds (0: no CI)")
+        p.add_argument("--confidence", type=float, default=ANALYSIS_DEFAULTS.confidence)
         _report_outputs(p)
         p.set_defaults(handler=handler)
 
@@ -285,9 +293,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("analysis-claims", help="seed statistics and the paper's two claims from all_runs.csv")
     p.add_argument("--all-runs", required=True)
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--permutations", type=int, default=10000, help="sign-flip resamples when 2^n exceeds this")
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--bootstrap", type=int, default=ANALYSIS_DEFAULTS.bootstrap)
+    p.add_argument("--permutations", type=int, default=ANALYSIS_DEFAULTS.permutations,
+                   help="sign-flip resamples when 2^n exceeds this")
+    p.add_argument("--confidence", type=float, default=ANALYSIS_DEFAULTS.confidence)
     for name in ("--out-claims-csv", "--out-claims-md", "--out-stats-csv", "--out-stats-md", "--out-png", "--out-pdf"):
         p.add_argument(name, required=True)
     p.set_defaults(handler=run_claims)

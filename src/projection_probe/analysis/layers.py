@@ -24,10 +24,11 @@ import torch
 from tqdm import tqdm
 
 from projection_probe.io import InputError, load_safetensors, save_safetensors
+from projection_probe.names import LAYER_POOLINGS
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("image_mean", "last_token")
+POOLINGS = LAYER_POOLINGS
 SPLITS = ("train", "test")
 
 

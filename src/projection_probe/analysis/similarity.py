@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from projection_probe.io import InputError
+from projection_probe.names import PAPER_SETTINGS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,7 +65,7 @@ def mutual_knn(x, y, k: int = 10) -> float:
     return float(np.mean(shared) / k)
 
 
-SETTING_ORDER = ("original", "ft-proj", "ft-e2e", "ft-lora")
+SETTING_ORDER = PAPER_SETTINGS
 
 
 def setting_rank(setting: str) -> tuple:

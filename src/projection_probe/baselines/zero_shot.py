@@ -24,15 +24,12 @@ from tqdm import tqdm
 from projection_probe.baselines.random_baseline import predictions_frame
 from projection_probe.data.images import load_rgb, preprocess, worker_errors_as_input_errors
 from projection_probe.io import InputError
+from projection_probe.names import CLIP_MEAN, CLIP_STD
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "This is a photo of {}."
 IMAGE_PREPROCESSING_MODES = ("square", "pad")
-# CLIP's processor normalisation (openai/clip-vit-*), used when the model folder has no
-# preprocessor_config.json.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

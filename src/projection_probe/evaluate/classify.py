@@ -19,10 +19,10 @@ from tqdm import tqdm
 from projection_probe.evaluate.parse import PARSERS, SEVERAL_CLASSES, read_answer
 from projection_probe.hyperparams import ClassifyHyperparams, with_fields
 from projection_probe.io import InputError
+from projection_probe.names import MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("generate", "constrained", "likelihood")
 # (image, class) continuations per forward pass of `likelihood` mode: memory and speed, never the
 # scores (the benchmarks and `plan` read it).
 LABEL_CHUNK_SIZE = ClassifyHyperparams.label_chunk_size

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from projection_probe.cli import add_threads_option, set_threads
-from projection_probe.hyperparams import PARSERS, SEVERAL_CLASSES, ClassifyHyperparams, add_options, from_args
-
-MODES = ("generate", "constrained", "likelihood")  # evaluate.classify.MODES, without importing torch
-__all__ = ["MODES", "PARSERS", "SEVERAL_CLASSES", "register"]
+from projection_probe.hyperparams import ClassifyHyperparams, add_options, from_args
+from projection_probe.names import MODES
 
 
 def run_classify(args) -> None:

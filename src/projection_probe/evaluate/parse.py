@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from projection_probe.hyperparams import PARSERS, SEVERAL_CLASSES, ClassifyHyperparams
+from projection_probe.hyperparams import ClassifyHyperparams
 from projection_probe.io import InputError
+from projection_probe.names import PARSERS, SEVERAL_CLASSES
 
 DEFAULT_EOS_STRINGS: tuple[str, ...] = ("</s>", "<|im_end|>", "<|endoftext|>")
 

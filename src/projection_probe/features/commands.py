@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
+from projection_probe.names import IMAGE_PREPROCESSINGS
 
 
 def run_extract_vision(args) -> None:
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("extract-vision-features", help="cache X_v for every image of a dataset")
     p.add_argument("--vision-json", required=True, help='vision spec, e.g. {"kind": "efficientnet_lite0"}')
     p.add_argument("--manifest", required=True)
-    p.add_argument("--image-preprocessing", choices=["pad", "square"], default="pad")
+    p.add_argument("--image-preprocessing", choices=IMAGE_PREPROCESSINGS, default="pad")
     p.add_argument("--exif-transpose", action=argparse.BooleanOptionalAction, default=False,
                    help="apply each image's EXIF orientation (default: off, as LLaVA reads images)")
     p.add_argument("--batch-size", type=int, default=32)

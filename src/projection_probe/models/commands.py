@@ -1,6 +1,8 @@
 """CLI: convert-llm (GGUF → safetensors) and build-base-model (a facade.json over a llava-hf checkpoint)."""
 from __future__ import annotations
 
+from projection_probe.names import IMAGE_PREPROCESSINGS, TEMPLATES
+
 
 def run_convert_llm(args) -> None:
     from projection_probe.models.convert import convert_gguf_to_safetensors
@@ -12,15 +14,15 @@ def run_build_base_model(args) -> None:
     from pathlib import Path
 
     from projection_probe.io import InputError
-    from projection_probe.models.loaders import write_facade_spec
+    from projection_probe.models.spec import FacadeSpec
 
     checkpoint = Path(args.llava_hf)
     if not (checkpoint / "config.json").exists():
         raise InputError(f"model.llava_hf = {args.llava_hf}: no config.json there. Download the checkpoint "
                          f"(e.g. `huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir {args.llava_hf}`) "
                          f"on a machine with internet, or point model.llava_hf at a local folder")
-    write_facade_spec(args.out_dir, {"format_version": 1, "llava_hf": str(checkpoint.resolve()),
-                                     "template": args.template, "image_preprocessing": args.image_preprocessing})
+    FacadeSpec(llava_hf=str(checkpoint.resolve()), template=args.template,
+               image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
 
 
 def register(subparsers) -> None:
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("build-base-model", help="the Original MLLM from a llava-hf checkpoint")
     p.add_argument("--llava-hf", required=True, help="local llava-hf checkpoint folder")
-    p.add_argument("--template", default="v1", choices=["v1", "plain", "llava_hf", "chatml"])
-    p.add_argument("--image-preprocessing", default="pad", choices=["pad", "square"])
+    p.add_argument("--template", default="v1", choices=TEMPLATES)
+    p.add_argument("--image-preprocessing", default="pad", choices=IMAGE_PREPROCESSINGS)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_build_base_model)

@@ -1,9 +1,9 @@
 """One multimodal model facade over (vision, projector, language_model).
 
 Everything after a loader goes through this class: prompt building, the training loss, greedy
-generation, label scoring, constrained decoding and pooled features. `from_llava_hf` and
-`from_parts` (in `loaders.py`) only decide where the three parts come from, so the CPU demo runs the
-same code as LLaVA-1.5-7B.
+generation, label scoring, constrained decoding and pooled features. The loaders (`loaders.py`: a
+llava-hf checkpoint, or separate parts) only decide where the three parts come from, so the CPU demo
+runs the same code as LLaVA-1.5-7B.
 """
 from __future__ import annotations
 

@@ -6,23 +6,19 @@ pointer to their base, so the spec is resolved by merging along the `base` chain
 """
 from __future__ import annotations
 
-import copy
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from projection_probe.io import InputError, load_safetensors, read_json, write_json
+from projection_probe.io import InputError, load_safetensors, read_json
 from projection_probe.models.facade import MultimodalLM
 from projection_probe.models.projector import MLP2xGeluProjector, build_projector
+from projection_probe.models.spec import FacadeSpec
 from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, EfficientNetLiteEncoder
 
 log = logging.getLogger(__name__)
-
-FACADE_FILE = "facade.json"
-PROJECTOR_FILE = "projector.safetensors"
 
 # transformers >= 4.52 saves `model.vision_tower.*`; the llava-hf hub checkpoints use `vision_tower.*`.
 LLAVA_VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
@@ -165,13 +161,6 @@ def load_llava_hf_vision_and_projector(path: str | Path, dtype=torch.float32):
 
 
 # ---------------------------------------------------------------------------- parts
-def from_parts(vision, projector, language_model, tokenizer, template: str = "v1",
-               image_preprocessing: str = "pad") -> MultimodalLM:
-    """Compose a vision encoder, a projector and a causal LM."""
-    return MultimodalLM(vision, projector, language_model, tokenizer, template=template,
-                        image_preprocessing=image_preprocessing)
-
-
 def build_vision(spec: dict, dtype=torch.float32):
     kind = spec.get("kind")
     if kind == "efficientnet_lite0":
@@ -207,11 +196,7 @@ def resolve_spec(model_dir: str | Path) -> dict:
     """The full spec of a model folder: its `facade.json` merged over its base's, with every path
     made absolute."""
     model_dir = Path(model_dir).resolve()
-    spec_file = model_dir / FACADE_FILE
-    if not spec_file.exists():
-        raise InputError(f"{spec_file}: not found; is {model_dir} a finished model folder?")
-    spec = read_json(spec_file)
-    spec = _absolute_paths(spec, model_dir)
+    spec = _absolute_paths(FacadeSpec.from_json(model_dir).as_dict(), model_dir)
     base = spec.pop("base", None)
     if base:
         merged = resolve_spec(base)
@@ -232,10 +217,6 @@ def _absolute_paths(obj, root: Path):
         return {k: (str((root / v).resolve()) if k in _PATH_KEYS and isinstance(v, str) else _absolute_paths(v, root))
                 for k, v in obj.items()}
     return obj
-
-
-def write_facade_spec(model_dir: str | Path, spec: dict) -> None:
-    write_json(Path(model_dir) / FACADE_FILE, spec)
 
 
 def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -294,6 +275,3 @@ def save_projector(facade: MultimodalLM, path: str | Path) -> None:
 
     save_safetensors(path, {k: v.detach().cpu() for k, v in facade.projector.state_dict().items()})
 
-
-def describe(spec: dict) -> str:
-    return json.dumps(copy.deepcopy(spec), indent=2)

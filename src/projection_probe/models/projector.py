@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from projection_probe.io import InputError
-
-PROJECTOR_KINDS = ("mlp2x_gelu", "linear")
+from projection_probe.names import PROJECTOR_KINDS
 
 
 class MLP2xGeluProjector(nn.Module):

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from projection_probe.io import InputError
+from projection_probe.names import IMAGE_PLACEHOLDER
 
-IMAGE_PLACEHOLDER = "<image>"
 LLAVA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

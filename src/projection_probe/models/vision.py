@@ -11,9 +11,7 @@ from torch import nn
 
 from projection_probe.data.images import preprocess
 from projection_probe.io import InputError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from projection_probe.names import CLIP_MEAN, CLIP_STD
 
 
 class VisionEncoder(nn.Module):

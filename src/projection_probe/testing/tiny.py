@@ -149,7 +149,7 @@ def make_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32, pat
 
 
 def make_tiny_parts(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8):
-    """Separate parts for `from_parts`: a random CLIP vision tower folder (`vision/`) and a random
+    """Separate parts for a parts-built facade: a random CLIP vision tower folder (`vision/`) and a random
     Llama causal LM folder with tokenizer (`llm/`). Returns (vision_dir, llm_dir)."""
     from transformers import CLIPVisionModel, LlamaForCausalLM
 

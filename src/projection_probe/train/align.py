@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -30,14 +29,16 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from projection_probe.hyperparams import AlignHyperparams, with_fields
-from projection_probe.io import InputError, atomic_dir, write_json
+from projection_probe.io import InputError
+from projection_probe.models.spec import FacadeSpec
+from projection_probe.names import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
 CAPTION_SOURCES = ("imagenet_top1", "none-fixed")
 CAPTION_FORMAT = "a photo of a {name}"
 FIXED_CAPTION = "a photo"
-ALIGN_PROMPT = "<image>"  # the plain template drops the human text anyway
+ALIGN_PROMPT = IMAGE_PLACEHOLDER  # the plain template drops the human text anyway
 
 
 def imagenet_class_names() -> list[str]:
@@ -81,42 +82,20 @@ def _relative_paths(spec: dict, out_dir: Path) -> dict:
             for k, v in spec.items()}
 
 
-def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[str | Path],
-                    manifests: list[str | Path], out_dir: str | Path, hp: AlignHyperparams | None = None, *,
-                    callbacks: list | None = None, **fields) -> dict:
-    """Train a freshly initialised projector between a frozen vision encoder and a frozen LLM on
-    captions of the train images of `vision_caches` (one manifest per cache picks the train split),
-    and publish `out_dir` as a base model folder, with the hyperparameters `hp` (or its fields as
-    keywords). Returns the train log."""
-    from accelerate import PartialState
-    from transformers import set_seed
-
+def caption_dataset(vision_spec: dict, vision, vision_caches: list[str | Path], manifests: list[str | Path],
+                    hp: AlignHyperparams):
+    """The alignment examples: each cache's train images (picked by its manifest) with their captions, a
+    seeded subset stratified by source data set only (the target labels stay out of alignment).
+    Returns (dataset, the caches' image preprocessing)."""
     from projection_probe.data.manifest import read_manifest
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.facade import MultimodalLM
-    from projection_probe.models.loaders import FACADE_FILE, build_vision, load_causal_lm
-    from projection_probe.models.projector import build_projector
-    from projection_probe.models.templates import get_template
     from projection_probe.models.vision import EfficientNetLiteEncoder
     from projection_probe.train.data import CachedFeatureDataset, TrainExample, stratified_subset
-    from projection_probe.train.finetune import WORK_SUFFIX, configure_trainable, full_state_dict, train_facade
 
-    hp = with_fields(AlignHyperparams, hp, fields)
-    caption_source, template, output_template = hp.caption_source, hp.template, hp.output_template
-    if caption_source not in CAPTION_SOURCES:
-        raise InputError(f"caption_source {caption_source!r} is unknown; use one of {CAPTION_SOURCES}")
-    if len(vision_caches) != len(manifests) or not vision_caches:
-        raise InputError(f"give one manifest per vision cache "
-                         f"({len(vision_caches)} caches, {len(manifests)} manifests)")
-    get_template(template)  # both raise InputError on an unknown name
-    get_template(output_template)
-    out_dir = Path(out_dir).resolve()
-    vision = build_vision(vision_spec)
-    if caption_source == "imagenet_top1" and not isinstance(vision, EfficientNetLiteEncoder):
+    if hp.caption_source == "imagenet_top1" and not isinstance(vision, EfficientNetLiteEncoder):
         raise InputError(f"caption_source=imagenet_top1 needs an encoder with an ImageNet head (efficientnet_lite0), "
                          f"not {vision_spec.get('kind')!r}; use caption_source=none-fixed")
-
-    datasets, examples_by_cache, preprocessing = [], [], set()
+    examples_by_cache, preprocessing = [], set()
     for cache_path, manifest in zip(vision_caches, manifests):
         cache = load_vision_cache(cache_path)
         if tuple(cache.x_v.shape[1:]) != (vision.num_patches, vision.hidden_size):
@@ -126,69 +105,100 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
         paths = [r.image_path for r in read_manifest(manifest) if r.split == "train"]
         if not paths:
             raise InputError(f"{manifest}: no train rows")
-        if caption_source == "imagenet_top1":
+        if hp.caption_source == "imagenet_top1":
             # The cached pooled vector is the network's own global average (exact at any token grid).
             captions = imagenet_top1_captions(vision, cache.pooled[cache.rows(paths)].float().unsqueeze(1))
         else:
             captions = [FIXED_CAPTION] * len(paths)
-        # Stratify the subset by source data set only: the target labels stay out of alignment.
         source = Path(cache_path).parent.name or str(cache_path)
         examples = [TrainExample(ALIGN_PROMPT, c, p, source) for p, c in zip(paths, captions)]
         examples_by_cache.append((cache, examples, cache_path))
+    if len(preprocessing) > 1:
+        raise InputError(f"vision caches were built with different image preprocessing "
+                         f"{sorted(map(str, preprocessing))}; rebuild them alike")
     all_examples = [ex for _, exs, _ in examples_by_cache for ex in exs]
     chosen = set(map(id, stratified_subset(all_examples, hp.max_examples, hp.seed)))
+    datasets = []
     for cache, examples, cache_path in examples_by_cache:
         kept = [ex for ex in examples if id(ex) in chosen]
         if kept:
             datasets.append(CachedFeatureDataset(kept, cache, source=str(cache_path)))
-    dataset = ConcatDataset(datasets)
-    if len(preprocessing) > 1:
-        raise InputError(f"vision caches were built with different image preprocessing "
-                         f"{sorted(map(str, preprocessing))}; rebuild them alike")
-    image_preprocessing = preprocessing.pop()
+    return ConcatDataset(datasets), preprocessing.pop()
+
+
+def _check_align_inputs(vision_caches: list, manifests: list, hp: AlignHyperparams) -> None:
+    from projection_probe.models.templates import get_template
+
+    if hp.caption_source not in CAPTION_SOURCES:
+        raise InputError(f"caption_source {hp.caption_source!r} is unknown; use one of {CAPTION_SOURCES}")
+    if len(vision_caches) != len(manifests) or not vision_caches:
+        raise InputError(f"give one manifest per vision cache "
+                         f"({len(vision_caches)} caches, {len(manifests)} manifests)")
+    get_template(hp.template)  # both raise InputError on an unknown name
+    get_template(hp.output_template)
+
+
+def aligned_base_spec(vision_spec: dict, llm_dir: str | Path, out_dir: Path, projector_sizes: tuple[int, int],
+                      hp: AlignHyperparams, num_examples: int, image_preprocessing: str | None) -> FacadeSpec:
+    """facade.json of the aligned base model, less the projector weights' entry."""
+    in_features, out_features = projector_sizes
+    return FacadeSpec(
+        vision=_relative_paths(vision_spec, out_dir),
+        projector={"kind": hp.projector, "in_features": in_features, "out_features": out_features},
+        language_model={"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
+        template=hp.output_template, image_preprocessing=image_preprocessing or None,
+        align={"caption_source": hp.caption_source, "template": hp.template, "lr": hp.lr, "epochs": hp.epochs,
+               "effective_batch": hp.effective_batch, "seed": hp.seed, "max_examples": hp.max_examples,
+               "num_examples": num_examples})
+
+
+def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[str | Path],
+                    manifests: list[str | Path], out_dir: str | Path, hp: AlignHyperparams | None = None, *,
+                    callbacks: list | None = None, **fields) -> dict:
+    """Train a freshly initialised projector between a frozen vision encoder and a frozen LLM on
+    captions of the train images of `vision_caches` (one manifest per cache picks the train split),
+    and publish `out_dir` as a base model folder, with the hyperparameters `hp` (or its fields as
+    keywords). Returns the train log."""
+    from transformers import set_seed
+
+    from projection_probe.models.facade import MultimodalLM
+    from projection_probe.models.loaders import build_vision, load_causal_lm
+    from projection_probe.models.projector import build_projector
+    from projection_probe.train.finetune import (
+        configure_trainable,
+        full_state_dict,
+        publish_model_folder,
+        train_facade,
+        work_dir_of,
+        write_trained_parts,
+    )
+
+    hp = with_fields(AlignHyperparams, hp, fields)
+    _check_align_inputs(vision_caches, manifests, hp)
+    out_dir = Path(out_dir).resolve()
+    vision = build_vision(vision_spec)
+    dataset, image_preprocessing = caption_dataset(vision_spec, vision, vision_caches, manifests, hp)
 
     language_model, tokenizer = load_causal_lm(llm_dir)
     set_seed(hp.seed)  # the projector's initialisation is part of the seeded run
     projector = build_projector(hp.projector, vision.hidden_size, language_model.config.hidden_size)
-    facade = MultimodalLM(None, projector, language_model, tokenizer, template=template,
+    facade = MultimodalLM(None, projector, language_model, tokenizer, template=hp.template,
                           num_image_tokens=vision.num_patches)
-    in_features = vision.hidden_size
+    projector_sizes = (vision.hidden_size, language_model.config.hidden_size)
     del vision  # only the cached X_v is needed from here on
     configure_trainable(facade, "ft-proj")
-    captions_used = Counter(ex.answer for ds in datasets for ex in ds.examples)
+    captions_used = Counter(ex.answer for ds in dataset.datasets for ex in ds.examples)
     run_config = {"vision": vision_spec, "llm_dir": str(Path(llm_dir).resolve()),
-                  "caches": [str(Path(c).resolve()) for c in vision_caches], "caption_source": caption_source,
-                  "template": template, "max_examples": hp.max_examples, "projector": hp.projector}
-    trainer, train_log = train_facade(facade, dataset, Path(str(out_dir) + WORK_SUFFIX), hp, run_config=run_config,
+                  "caches": [str(Path(c).resolve()) for c in vision_caches], "caption_source": hp.caption_source,
+                  "template": hp.template, "max_examples": hp.max_examples, "projector": hp.projector}
+    trainer, train_log = train_facade(facade, dataset, work_dir_of(out_dir), hp, run_config=run_config,
                                       callbacks=callbacks)
-    train_log.update(setting="align", seed=hp.seed, lr=hp.lr, caption_source=caption_source,
+    train_log.update(setting="align", seed=hp.seed, lr=hp.lr, caption_source=hp.caption_source,
                      distinct_captions=len(captions_used), top_captions=captions_used.most_common(10))
 
     state = full_state_dict(trainer)
-    partial = PartialState()
-    if partial.is_main_process:
-        from projection_probe.io import save_safetensors
-
-        with atomic_dir(out_dir) as tmp:
-            save_safetensors(tmp / "projector.safetensors",
-                             {k[len("projector."):]: v.detach().cpu() for k, v in state.items()
-                              if k.startswith("projector.")})
-            spec = {"format_version": 1,
-                    "vision": _relative_paths(vision_spec, out_dir),
-                    "projector": {"kind": hp.projector, "in_features": in_features,
-                                  "out_features": language_model.config.hidden_size,
-                                  "weights": "projector.safetensors"},
-                    "language_model": {"path": os.path.relpath(Path(llm_dir).resolve(), out_dir)},
-                    "base": None, "template": output_template,
-                    "align": {"caption_source": caption_source, "template": template, "lr": hp.lr, "epochs": hp.epochs,
-                              "effective_batch": hp.effective_batch, "seed": hp.seed,
-                              "max_examples": hp.max_examples,
-                              "num_examples": len(dataset)}}
-            if image_preprocessing:
-                spec["image_preprocessing"] = image_preprocessing
-            write_json(tmp / FACADE_FILE, spec)
-            write_json(tmp / "train_log.json", train_log)
-        shutil.rmtree(Path(str(out_dir) + WORK_SUFFIX), ignore_errors=True)
-    partial.wait_for_everyone()
+    spec = aligned_base_spec(vision_spec, llm_dir, out_dir, projector_sizes, hp, len(dataset), image_preprocessing)
+    # Only the projector was trained: the ft-proj parts.
+    publish_model_folder(out_dir, spec, train_log,
+                         lambda folder: write_trained_parts(facade, state, "ft-proj", folder))
     return train_log
-

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from projection_probe.cli import add_threads_option, parse_json_arg, set_threads
 from projection_probe.hyperparams import AlignHyperparams, FinetuneHyperparams, add_options, from_args
-
-SETTINGS = ("ft-proj", "ft-e2e", "ft-lora")  # mirrors train.finetune.SETTINGS without importing torch
+from projection_probe.names import FINETUNE_SETTINGS
 
 
 def run_finetune(args) -> None:
@@ -51,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--base-model", required=True, help="base model folder (facade.json)")
     p.add_argument("--prompts", required=True, help="prompts_seed{seed}.jsonl (its train split is used)")
     p.add_argument("--vision-cache", required=True, help="vision.safetensors of the same data set")
-    p.add_argument("--setting", required=True, choices=SETTINGS)
+    p.add_argument("--setting", required=True, choices=FINETUNE_SETTINGS)
     add_options(p, FinetuneHyperparams)
     p.add_argument("--trust-remote-code", action="store_true", default=False,
                    help="run Python code shipped with the checkpoint (off unless model.trust_remote_code)")

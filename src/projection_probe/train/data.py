@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from projection_probe.io import InputError, read_jsonl
+from projection_probe.names import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,8 @@ def read_train_examples(prompts_jsonl: str | Path, split: str = "train") -> list
         if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) and "value" in t
                                                                    for t in turns[:2]):
             raise InputError(f"{prompts_jsonl}:{line}: conversations must hold a human and a gpt turn with 'value'")
-        if "<image>" not in turns[0]["value"]:
-            raise InputError(f"{prompts_jsonl}:{line}: the human turn has no <image> placeholder")
+        if IMAGE_PLACEHOLDER not in turns[0]["value"]:
+            raise InputError(f"{prompts_jsonl}:{line}: the human turn has no {IMAGE_PLACEHOLDER} placeholder")
         examples.append(TrainExample(turns[0]["value"], turns[1]["value"], record["image"], record["label"]))
     if not examples:
         raise InputError(f"{prompts_jsonl}: no records with split={split!r}")

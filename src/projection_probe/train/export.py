@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from projection_probe.io import InputError, atomic_dir
+from projection_probe.names import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<image>"
 # Image-processor and processor files that a llava-hf (or CLIP) folder may hold, copied unchanged.
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "chat_template.json", "chat_template.jinja")
 
@@ -29,11 +29,11 @@ def _ensure_image_token(tokenizer, language_model) -> int:
     position; LLaVA finds them by id, so it needs a token of its own. The new output row is zeroed:
     its logit is then 0, and the new token is never an input embedding that matters (LLaVA overwrites
     it with H_v)."""
-    if IMAGE_TOKEN in tokenizer.get_vocab():
-        token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if IMAGE_PLACEHOLDER in tokenizer.get_vocab():
+        token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     else:
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-        token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
+        token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
     if token_id >= language_model.get_input_embeddings().num_embeddings:
         language_model.resize_token_embeddings(len(tokenizer))
         with torch.no_grad():

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,10 +28,11 @@ from transformers import Trainer, TrainingArguments
 
 from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
+from projection_probe.models.spec import FACADE_FILE, FacadeSpec
+from projection_probe.names import FINETUNE_SETTINGS as SETTINGS
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("ft-proj", "ft-e2e", "ft-lora")
 WORK_SUFFIX = ".work"
 CHECKPOINT_WEIGHTS = "model.safetensors"  # transformers' SAFE_WEIGHTS_NAME
 TRAINER_STATE = "trainer_state.json"  # written last in a checkpoint: its presence marks a complete one
@@ -234,35 +236,20 @@ def _check_optimizer(optim: str) -> None:
                              "use adamw_torch or adamw_torch_fused") from None
 
 
-def train_facade(facade, train_dataset, work_dir: str | Path, hp: TrainingHyperparams, *,
-                 projector_lr: float | None = None,
-                 run_config: dict | None = None, callbacks: list | None = None) -> tuple[FacadeTrainer, dict]:
-    """Train the parameters of `facade` that require grad on `train_dataset` (items with prompt,
-    answer, x_v) with the schedule `hp`, and return (trainer, train log). `projector_lr`: the
-    projector's own learning rate (None: `hp.lr`). Resumes from the last complete checkpoint under
-    `work_dir` when its run configuration matches."""
-    from accelerate import PartialState
-
-    from projection_probe.train.data import MultimodalCollator
-
-    if not 0 <= hp.warmup_ratio < 1:
-        raise InputError(f"warmup_ratio={hp.warmup_ratio}: must be in [0, 1)")
-    _check_optimizer(hp.optim)
-    work_dir = Path(work_dir)
-    checkpoint_dir = work_dir / "checkpoints"
+def training_arguments(hp: TrainingHyperparams, checkpoint_dir: Path) -> TrainingArguments:
+    """The Trainer's arguments for the schedule `hp`, checkpointing into `checkpoint_dir`. The
+    accumulation steps are set once the number of processes is known (see train_facade)."""
     save_steps = hp.checkpoint_every_steps if hp.checkpoint_every_steps and hp.checkpoint_every_steps > 0 else None
-    # Recorded as None when off: the run configuration (and facade.json) read the same for 0 and None.
-    max_grad_norm = hp.max_grad_norm if hp.max_grad_norm and hp.max_grad_norm > 0 else None
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=hp.per_device_batch,
-        gradient_accumulation_steps=1,  # set below, once the number of processes is known
+        gradient_accumulation_steps=1,
         learning_rate=hp.lr,
         num_train_epochs=hp.epochs,
         warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         weight_decay=hp.weight_decay,
         lr_scheduler_type=hp.lr_scheduler,
-        max_grad_norm=max_grad_norm or 0.0,  # 0 = no clipping (paper)
+        max_grad_norm=clipping(hp) or 0.0,  # 0 = no clipping (paper)
         optim=hp.optim,
         seed=hp.seed,
         data_seed=hp.seed,
@@ -282,17 +269,68 @@ def train_facade(facade, train_dataset, work_dir: str | Path, hp: TrainingHyperp
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every trainable parameter is used in every forward pass
     )
+
+
+def clipping(hp: TrainingHyperparams) -> float | None:
+    """The gradient-norm bound, None when off: the run configuration (and facade.json) read the same for
+    0 and None."""
+    return hp.max_grad_norm if hp.max_grad_norm and hp.max_grad_norm > 0 else None
+
+
+def schedule_config(hp: TrainingHyperparams, projector_lr: float | None, num_examples: int, world_size: int) -> dict:
+    """The schedule's part of a run configuration: a checkpoint resumes only a run with the same one."""
+    return dict(lr=hp.lr, effective_batch=hp.effective_batch, per_device_batch=hp.per_device_batch,
+                epochs=hp.epochs, warmup_ratio=hp.warmup_ratio, weight_decay=hp.weight_decay,
+                lr_scheduler=hp.lr_scheduler, max_grad_norm=clipping(hp), seed=hp.seed, bf16=hp.bf16,
+                projector_lr=projector_lr, optim=hp.optim, num_examples=num_examples, world_size=world_size)
+
+
+def training_log(trainer: FacadeTrainer, result, hp: TrainingHyperparams, num_examples: int,
+                 resume: str | None) -> dict:
+    """What train_log.json records of a finished run: sizes, steps, losses and throughput."""
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    return {
+        "trainable_parameters": count_parameters(unwrapped),
+        "total_parameters": count_parameters(unwrapped, trainable_only=False),
+        "num_examples": num_examples,
+        "world_size": trainer.args.world_size,
+        "per_device_batch": hp.per_device_batch,
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "effective_batch": hp.effective_batch,
+        "optimizer_steps": trainer.state.global_step,
+        "resumed_from": Path(resume).name if resume else None,
+        # Runtime and throughput cover this process's part of the run only (after a resume, the rest).
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_loss": result.metrics.get("train_loss"),
+        "steps": [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
+                   "grad_norm": e.get("grad_norm")} for e in trainer.state.log_history if "loss" in e],
+    }
+
+
+def train_facade(facade, train_dataset, work_dir: str | Path, hp: TrainingHyperparams, *,
+                 projector_lr: float | None = None,
+                 run_config: dict | None = None, callbacks: list | None = None) -> tuple[FacadeTrainer, dict]:
+    """Train the parameters of `facade` that require grad on `train_dataset` (items with prompt,
+    answer, x_v) with the schedule `hp`, and return (trainer, train log). `projector_lr`: the
+    projector's own learning rate (None: `hp.lr`). Resumes from the last complete checkpoint under
+    `work_dir` when its run configuration matches."""
+    from accelerate import PartialState
+
+    from projection_probe.train.data import MultimodalCollator
+
+    if not 0 <= hp.warmup_ratio < 1:
+        raise InputError(f"warmup_ratio={hp.warmup_ratio}: must be in [0, 1)")
+    _check_optimizer(hp.optim)
+    work_dir = Path(work_dir)
+    checkpoint_dir = work_dir / "checkpoints"
+    args = training_arguments(hp, checkpoint_dir)
     # TrainingArguments sets up the process group (torchrun / accelerate launch), so the world size
     # is known only now; the Trainer reads the accumulation steps when it is constructed.
-    accumulation = gradient_accumulation_steps(hp.effective_batch, hp.per_device_batch, args.world_size)
-    args.gradient_accumulation_steps = accumulation
+    args.gradient_accumulation_steps = gradient_accumulation_steps(hp.effective_batch, hp.per_device_batch,
+                                                                   args.world_size)
     state = PartialState()
-    run_config = dict(run_config or {})
-    run_config.update(lr=hp.lr, effective_batch=hp.effective_batch, per_device_batch=hp.per_device_batch,
-                      epochs=hp.epochs, warmup_ratio=hp.warmup_ratio, weight_decay=hp.weight_decay,
-                      lr_scheduler=hp.lr_scheduler, max_grad_norm=max_grad_norm, seed=hp.seed, bf16=hp.bf16,
-                      projector_lr=projector_lr, optim=hp.optim, num_examples=len(train_dataset),
-                      world_size=args.world_size)
+    run_config = {**(run_config or {}), **schedule_config(hp, projector_lr, len(train_dataset), args.world_size)}
     prepare_work_dir(work_dir, run_config, state.is_main_process)
     state.wait_for_everyone()
 
@@ -307,26 +345,7 @@ def train_facade(facade, train_dataset, work_dir: str | Path, hp: TrainingHyperp
     if resume:
         log.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
-    steps = [{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
-              "grad_norm": e.get("grad_norm")} for e in trainer.state.log_history if "loss" in e]
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-    train_log = {
-        "trainable_parameters": count_parameters(unwrapped),
-        "total_parameters": count_parameters(unwrapped, trainable_only=False),
-        "num_examples": len(train_dataset),
-        "world_size": args.world_size,
-        "per_device_batch": hp.per_device_batch,
-        "gradient_accumulation_steps": accumulation,
-        "effective_batch": hp.effective_batch,
-        "optimizer_steps": trainer.state.global_step,
-        "resumed_from": Path(resume).name if resume else None,
-        # Runtime and throughput cover this process's part of the run only (after a resume, the rest).
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "train_loss": result.metrics.get("train_loss"),
-        "steps": steps,
-    }
-    return trainer, train_log
+    return trainer, training_log(trainer, result, hp, len(train_dataset), resume)
 
 
 # ---------------------------------------------------------------------------- saving
@@ -336,6 +355,30 @@ def full_state_dict(trainer: FacadeTrainer) -> dict:
     if trainer.is_fsdp_enabled:
         return trainer.accelerator.get_state_dict(trainer.model)
     return trainer.accelerator.unwrap_model(trainer.model).state_dict()
+
+
+def work_dir_of(out_dir: str | Path) -> Path:
+    """Where a training run that publishes `out_dir` keeps its checkpoints until then."""
+    return Path(str(out_dir) + WORK_SUFFIX)
+
+
+def publish_model_folder(out_dir: Path, spec: FacadeSpec, train_log: dict,
+                         write_weights: Callable[[Path], dict]) -> None:
+    """Publish the model folder `out_dir` at once: `write_weights(folder)` saves the trained weights
+    there and returns the facade.json entries that point at them, which complete those of `spec`
+    (one level deep: a projector's weights join its kind and sizes); then facade.json and
+    train_log.json, and the run's checkpoints are deleted. The main process writes; every process
+    must call it, and returns once the folder is there."""
+    from accelerate import PartialState
+
+    partial = PartialState()
+    if partial.is_main_process:
+        with atomic_dir(out_dir) as tmp:
+            spec.with_entries(write_weights(tmp)).to_json(tmp)
+            write_json(tmp / "train_log.json", train_log)
+        # The published folder is complete; the checkpoints are no longer needed.
+        shutil.rmtree(work_dir_of(out_dir), ignore_errors=True)
+    partial.wait_for_everyone()
 
 
 def _strip(state: dict, prefix: str) -> dict:
@@ -370,11 +413,10 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     `lora_adapter/` for ft-lora, plus train_log.json) with the hyperparameters `hp` (or its fields as
     keywords: `lr`, `effective_batch` and `per_device_batch` have no default). `hp.projector_lr`
     applies to ft-lora only. Returns the train log."""
-    from accelerate import PartialState
     from transformers import set_seed
 
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.loaders import FACADE_FILE, load_facade
+    from projection_probe.models.loaders import load_facade
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
     hp = with_fields(FinetuneHyperparams, hp, fields)
@@ -396,7 +438,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     log.info("%s: %d trainable tensors, %d parameters, on %d examples", setting, len(trainable),
              count_parameters(facade), len(dataset))
 
-    work_dir = Path(str(out_dir) + WORK_SUFFIX)
+    work_dir = work_dir_of(out_dir)
     run_config = {"base_model": str(base_model_dir), "prompts": str(Path(prompts_jsonl).resolve()),
                   "vision_cache": str(Path(vision_cache).resolve()), "setting": setting, "template": hp.template,
                   "max_examples": hp.max_examples, "lora": [hp.lora_r, hp.lora_alpha, hp.lora_dropout],
@@ -407,25 +449,16 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     train_log.update(setting=setting, seed=hp.seed, lr=hp.lr, max_examples=hp.max_examples)
 
     state = full_state_dict(trainer)
-    partial = PartialState()
-    if partial.is_main_process:
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        with atomic_dir(out_dir) as tmp:
-            spec = {"format_version": 1, "base": os.path.relpath(base_model_dir, out_dir), "setting": setting}
-            spec.update(write_trained_parts(unwrapped, state, setting, tmp,
-                                            lm_dtype=torch.bfloat16 if hp.bf16 else None))
-            # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
-            # evaluation keeps the base's conversation template, as the authors' cli.py did.
-            # The images this model was trained on were preprocessed this way (a setting may differ from
-            # the base: the authors' FT-Proj used `square`), so its evaluation and probes use it too.
-            if cache.image_preprocessing:
-                spec["image_preprocessing"] = cache.image_preprocessing
-            spec["training"] = {k: v for k, v in run_config.items()
-                                if k not in ("base_model", "prompts", "vision_cache")}
-            spec["training"].update(lr=hp.lr, effective_batch=hp.effective_batch, seed=hp.seed, epochs=hp.epochs)
-            write_json(tmp / FACADE_FILE, spec)
-            write_json(tmp / "train_log.json", train_log)
-        # The published folder is complete; the checkpoints are no longer needed.
-        shutil.rmtree(work_dir, ignore_errors=True)
-    partial.wait_for_everyone()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    # The training template (e.g. the authors' `plain` FT-Proj) is recorded under "training" only:
+    # evaluation keeps the base's conversation template, as the authors' cli.py did.
+    # The images this model was trained on were preprocessed this way (a setting may differ from
+    # the base: the authors' FT-Proj used `square`), so its evaluation and probes use it too.
+    training = {k: v for k, v in run_config.items() if k not in ("base_model", "prompts", "vision_cache")}
+    spec = FacadeSpec(base=os.path.relpath(base_model_dir, out_dir), setting=setting,
+                      image_preprocessing=cache.image_preprocessing or None,
+                      training={**training, "lr": hp.lr, "effective_batch": hp.effective_batch, "seed": hp.seed,
+                                "epochs": hp.epochs})
+    publish_model_folder(out_dir, spec, train_log, lambda folder: write_trained_parts(
+        unwrapped, state, setting, folder, lm_dtype=torch.bfloat16 if hp.bf16 else None))
     return train_log

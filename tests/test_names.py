@@ -1,0 +1,65 @@
+"""The shared names (projection_probe.names): the config schema's enums are these names, and the
+module loads without torch, so that the workflow and `--help` can read it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from projection_probe import names
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def schema_enums(key: str) -> list[tuple[str, list]]:
+    """(where, enum) for every property named `key` in the schema that lists its values (for an array,
+    those of its items)."""
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == key and isinstance(v, dict):
+                    values = v.get("enum", v.get("items", {}).get("enum"))
+                    if values is not None:
+                        found.append((f"{where}.{k}", values))
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+
+    walk(yaml.safe_load(SCHEMA.read_text()), "schema")
+    return found
+
+
+@pytest.mark.parametrize(("key", "expected", "least"), [
+    ("template", names.TEMPLATES, 3),  # a setting's, the model's, alignment's
+    ("projector", names.PROJECTOR_KINDS, 1),
+    ("image_preprocessing", names.IMAGE_PREPROCESSINGS, 3),
+    ("modes", names.MODES, 1),
+    ("parser", names.PARSERS, 1),
+    ("several_classes", names.SEVERAL_CLASSES, 1),
+    ("poolings", names.LAYER_POOLINGS, 1),
+])
+def test_schema_enum_equals_the_shared_names(key, expected, least):
+    enums = schema_enums(key)
+    assert len(enums) >= least, f"expected {least} enums named {key!r} in the schema, found {enums}"
+    for where, values in enums:
+        assert tuple(values) == expected, f"{where}: {values} differs from projection_probe.names"
+
+
+def test_schema_setting_kinds_are_none_and_the_fine_tuning_settings():
+    # `none` is the kind of the base setting, which the workflow requires under this name.
+    (where, kinds), = [(w, v) for w, v in schema_enums("kind") if w.endswith("setting.properties.kind")]
+    assert tuple(kinds) == ("none", *names.FINETUNE_SETTINGS), where
+    assert names.PAPER_SETTINGS[0] == names.BASE_SETTING
+
+
+def test_names_module_imports_nothing_heavy():
+    code = ("import sys, projection_probe.names, projection_probe.hyperparams; "
+            "print(sorted({'torch', 'numpy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
