@@ -55,7 +55,8 @@ def test_schema_setting_kinds_are_none_and_the_fine_tuning_settings():
     # `none` is the kind of the base setting, which the workflow requires under this name.
     (where, kinds), = [(w, v) for w, v in schema_enums("kind") if w.endswith("setting.properties.kind")]
     assert tuple(kinds) == ("none", *names.FINETUNE_SETTINGS), where
-    assert names.PAPER_SETTINGS[0] == names.BASE_SETTING
+    assert names.SETTINGS[0] == names.PAPER_SETTINGS[0] == names.BASE_SETTING
+    assert names.PAPER_SETTINGS == (names.BASE_SETTING, "ft-proj", "ft-e2e")
 
 
 def test_names_module_imports_nothing_heavy():

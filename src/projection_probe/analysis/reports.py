@@ -292,7 +292,8 @@ def claims_report(all_runs: pd.DataFrame, out_claims_csv, out_claims_md, out_sta
     n = sorted(set(claims["n_seeds"])) if not claims.empty else []
     power = ""
     if n and min(n) <= 3:
-        power = (f" With {min(n)} seed(s) the smallest attainable one-sided sign-flip p is {2.0 ** -min(n):.3g}: "
+        seeds = "1 seed" if min(n) == 1 else f"{min(n)} seeds"
+        power = (f" With {seeds} the smallest attainable one-sided sign-flip p is {2.0 ** -min(n):.3g}: "
                  f"no claim can reach significance at {1 - confidence:g}, so these verdicts state direction only.")
     write_table(claims, out_claims_csv, out_claims_md, "The paper's claims in this run",
                 f"Paired by seed against original (diff = setting − original, macro-F1); {confidence:.0%} bootstrap "

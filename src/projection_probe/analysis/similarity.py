@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from projection_probe.io import InputError
-from projection_probe.names import PAPER_SETTINGS
+from projection_probe.names import SETTINGS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,13 +65,10 @@ def mutual_knn(x, y, k: int = 10) -> float:
     return float(np.mean(shared) / k)
 
 
-SETTING_ORDER = PAPER_SETTINGS
-
-
 def setting_rank(setting: str) -> tuple:
     """The paper's settings first, in its order, then any other name alphabetically."""
     base = setting.split(":")[0]
-    return (SETTING_ORDER.index(base) if base in SETTING_ORDER else len(SETTING_ORDER), setting)
+    return (SETTINGS.index(base) if base in SETTINGS else len(SETTINGS), setting)
 
 
 def order_settings(settings) -> list[str]:

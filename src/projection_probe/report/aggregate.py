@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from projection_probe.io import InputError, read_json
-from projection_probe.names import PAPER_SETTINGS
+from projection_probe.names import SETTINGS
 
 METHODS = ("random", "encoder_zero_shot", "mllm", "probe_post", "probe_image_only")
 METHODS_WITHOUT_SETTING = ("random", "encoder_zero_shot", "probe_image_only")
@@ -32,9 +32,6 @@ METHODS_WITHOUT_SETTING = ("random", "encoder_zero_shot", "probe_image_only")
 # shown beside the primary mode in Table 1.
 EXTRA_MODE_METHODS = ("mllm-generate", "mllm-constrained", "mllm-likelihood")
 NO_SETTING = "-"
-# The paper's settings, in the order the tables show them; other setting names are allowed and
-# shown after these.
-SETTINGS = PAPER_SETTINGS
 METRICS = ("macro_f1", "accuracy", "invalid_rate")
 RUN_KEYS = ("dataset", "setting", "seed", "method", "predictions", "classes")
 ALL_RUNS_COLUMNS = ["dataset", "setting", "seed", "method", "metric", "value"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from projection_probe.io import atomic_path
-from projection_probe.report.aggregate import SETTINGS, dataset_order, summarize
+from projection_probe.names import SETTINGS
+from projection_probe.report.aggregate import dataset_order, summarize
 
 SETTING_MARKERS = {"original": "o", "ft-proj": "s", "ft-e2e": "^", "ft-lora": "D"}
 EXTRA_MARKERS = ("v", "P", "X", "*", "h")

@@ -19,14 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from projection_probe.io import InputError, read_json, write_csv, write_text
-from projection_probe.report.aggregate import NO_SETTING, SETTINGS, dataset_order, summarize
+from projection_probe.names import PAPER_SETTINGS, SETTINGS
+from projection_probe.report.aggregate import NO_SETTING, dataset_order, summarize
 
 MISSING = "–"
 DIGITS = 4
 SETTING_LABELS = {"original": "Original", "ft-proj": "FT-Proj", "ft-e2e": "FT-E2E", "ft-lora": "FT-LoRA"}
-# Settings every table shows even without data (the paper's three); FT-LoRA and other variants
-# appear only when some run has them.
-PAPER_SETTINGS = ("original", "ft-proj", "ft-e2e")
 PAPER_COLUMNS = ["dataset", "method", "setting", "metric", "value"]
 
 

@@ -29,7 +29,7 @@ from transformers import Trainer, TrainingArguments
 from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
 from projection_probe.models.spec import FACADE_FILE, FacadeSpec
-from projection_probe.names import FINETUNE_SETTINGS as SETTINGS
+from projection_probe.names import FINETUNE_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ def configure_trainable(facade, setting: str, lora: LoraHyperparams | None = Non
     ft-proj: the projector only. ft-e2e: projector and the whole LLM. ft-lora: LoRA adapters on all
     LLM linears (the LLM is wrapped in a peft model) and the projector, shaped by `lora` (or its
     fields as keywords). The vision tower is frozen in every setting."""
-    if setting not in SETTINGS:
-        raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS} "
+    if setting not in FINETUNE_SETTINGS:
+        raise InputError(f"setting {setting!r} is unknown; use one of {FINETUNE_SETTINGS} "
                          "(the original setting needs no training)")
     facade.requires_grad_(False)
     facade.projector.requires_grad_(True)
@@ -420,8 +420,8 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
     hp = with_fields(FinetuneHyperparams, hp, fields)
-    if setting not in SETTINGS:
-        raise InputError(f"setting {setting!r} is unknown; use one of {SETTINGS}")
+    if setting not in FINETUNE_SETTINGS:
+        raise InputError(f"setting {setting!r} is unknown; use one of {FINETUNE_SETTINGS}")
     if hp.model_dtype not in MODEL_DTYPES:
         raise InputError(f"model_dtype {hp.model_dtype!r} is unknown; use one of {sorted(MODEL_DTYPES)}")
     base_model_dir, out_dir = Path(base_model_dir).resolve(), Path(out_dir).resolve()
