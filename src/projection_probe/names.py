@@ -12,6 +12,8 @@ FINETUNE_SETTINGS = ("ft-proj", "ft-e2e", "ft-lora")
 SETTINGS = (BASE_SETTING, *FINETUNE_SETTINGS)
 # The paper's three settings, which every table shows even without data (FT-LoRA is this project's).
 PAPER_SETTINGS = SETTINGS[:3]
+# The setting of a run that has none (random, encoder zero-shot, image-only probe) in all_runs.csv.
+NO_SETTING = "-"
 
 # How the MLLM classifies (`evaluate.classify`); the first one a config lists is its primary mode.
 MODES = ("generate", "constrained", "likelihood")

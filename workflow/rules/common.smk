@@ -20,7 +20,7 @@ from projection_probe.hyperparams import (
     defaults,
     to_options,
 )
-from projection_probe.names import BASE_SETTING, IMAGE_PREPROCESSINGS
+from projection_probe.names import BASE_SETTING, IMAGE_PREPROCESSINGS, NO_SETTING
 
 # `--config 'seeds=[0,1]'` reaches the config as ['0', '1']: Snakemake parses command-line values with
 # PyYAML's BaseLoader, which keeps every scalar a string. Digit strings become integers again so the
@@ -273,16 +273,16 @@ def encoder_zero_shot_enabled():
 def runs_of(dataset, seed):
     """(setting, method, predictions file) of every run of one dataset and seed, in the tables' order."""
     if config_value("baselines.random", True):
-        yield "-", "random", f"{RESULTS}/baselines/{dataset}/random/seed{seed}.csv"
+        yield NO_SETTING, "random", f"{RESULTS}/baselines/{dataset}/random/seed{seed}.csv"
     for setting in SETTINGS:
         for mode in MODES:
             method = "mllm" if mode == PRIMARY_MODE else f"mllm-{mode}"
             yield setting, method, predictions(dataset, setting, seed, mode)
         yield setting, "probe_post", probe_predictions(dataset, "post", setting, seed)
-    yield "-", "probe_image_only", probe_predictions(dataset, "image_only", None, seed)
+    yield NO_SETTING, "probe_image_only", probe_predictions(dataset, "image_only", None, seed)
     if encoder_zero_shot_enabled():
         # Deterministic: one run, repeated per seed so that mean ± std has the same shape.
-        yield "-", "encoder_zero_shot", f"{RESULTS}/baselines/{dataset}/encoder_zero_shot.csv"
+        yield NO_SETTING, "encoder_zero_shot", f"{RESULTS}/baselines/{dataset}/encoder_zero_shot.csv"
 
 
 def all_runs():

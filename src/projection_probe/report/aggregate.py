@@ -24,14 +24,13 @@ from pathlib import Path
 import pandas as pd
 
 from projection_probe.io import InputError, read_json
-from projection_probe.names import SETTINGS
+from projection_probe.names import NO_SETTING, SETTINGS
 
 METHODS = ("random", "encoder_zero_shot", "mllm", "probe_post", "probe_image_only")
 METHODS_WITHOUT_SETTING = ("random", "encoder_zero_shot", "probe_image_only")
 # The MLLM in a classification mode other than the study's primary one (e.g. "mllm-likelihood"),
 # shown beside the primary mode in Table 1.
 EXTRA_MODE_METHODS = ("mllm-generate", "mllm-constrained", "mllm-likelihood")
-NO_SETTING = "-"
 METRICS = ("macro_f1", "accuracy", "invalid_rate")
 RUN_KEYS = ("dataset", "setting", "seed", "method", "predictions", "classes")
 ALL_RUNS_COLUMNS = ["dataset", "setting", "seed", "method", "metric", "value"]
