@@ -180,12 +180,15 @@ def test_slurm_runs_gpu_groups_and_local_rules_of_a_toy_workflow(slurm_cluster, 
     model_job = gpu_jobs[model_group][0].jobid
     assert sorted(rule for jobid, rule in runs if jobid == model_job) == ["classify", "classify", "extract_features"]
     # (b) the failing probe's group job ran twice: first FAILED, then COMPLETED. The retry runs every
-    # member again, the one that had finished too: Snakemake 9.27 resubmits the whole group, and its
-    # job step builds the members with --force (docs/cluster.md, "Group jobs").
+    # member again, the one that had finished too (docs/cluster.md, "Group jobs"): after the failure
+    # Snakemake 9.27 deletes the outputs of every member, and it resubmits the whole group, whose job
+    # step builds the members with --force.
     attempts = sorted(jobs[cpu_group], key=lambda j: int(j.jobid))
     assert [j.state for j in attempts] == ["FAILED", "COMPLETED"] and all(j.gpus == 0 for j in attempts), attempts
     ran = {(jobid, rule) for jobid, rule in runs if rule.startswith("train_probe")}
     assert ran == {(a.jobid, rule) for a in attempts for rule in ("train_probe_post", "train_probe_image_only")}, ran
+    assert re.search(r"Removing output files of failed job train_probe_post\b.*\n.*toy/ft/seed0/probe_post\.txt",
+                     output), "the finished member's output was not deleted after its group failed"
     assert (workdir / "toy" / "seed0" / "probe_image_only.txt").read_text() == "image_only\n"
     # (c) the local rule ran in the Snakemake process, outside any Slurm job.
     assert "make_tables" in local_rules_in_log(output)
