@@ -64,3 +64,31 @@ def test_names_module_imports_nothing_heavy():
             "print(sorted({'torch', 'numpy'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# What every job would pay before its work if imported at start-up: each Snakemake (a Slurm job starts
+# two) parses the Snakefile, and `--help` builds the whole parser (docs/benchmarks.md, "Where a group
+# member's time goes").
+HEAVY = ("torch", "numpy", "pandas", "datasets", "transformers", "sklearn", "scipy", "PIL", "matplotlib")
+REPO = SCHEMA.parents[2]
+
+
+def workflow_imports() -> list[str]:
+    """The project modules that the Snakefile and the rule files import."""
+    import re
+
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    return sorted({m for f in files for m in re.findall(r"^(?:from|import) (projection_probe[\w.]*)", f.read_text(),
+                                                        flags=re.MULTILINE)})
+
+
+@pytest.mark.parametrize("what, code", [
+    ("the workflow's imports", "import importlib; [importlib.import_module(m) for m in {modules}]"),
+    ("the command line's parser", "from projection_probe.cli import build_parser; build_parser()"),
+])
+def test_snakefile_and_cli_parser_import_nothing_heavy(what, code):
+    modules = workflow_imports()
+    assert "projection_probe.data.hf_sources" in modules, modules
+    code = f"import sys; {code.format(modules=modules)}; print(sorted(set({HEAVY}) & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"{what} import {out.stdout.strip()}"
