@@ -1,0 +1,127 @@
+"""The adapter shape shared by the families that run through their own `AutoModelForImageTextToText`.
+
+A family file subclasses `HFFamily` and says where its tower, connector and LM live (parameter
+prefixes of the HF model: the connector's are what FT-Proj trains, connector + LM what FT-E2E
+trains), what X_v is, how many image tokens an image gives, which ids make up its image run and
+what its LM forward needs besides the embeddings.
+
+Image-token counts are made constant per model: images are resized to the tower's own square
+`image_size` and never tiled, so X_v is N×D_v and H_v N_h×D_lm for every image of a model
+(docs/architecture.md, "Adding a family").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from projection_probe.models.families.base import (
+    FamilyAdapter,
+    FamilyConnector,
+    FamilyLanguageModel,
+    FamilyVision,
+    check_covered,
+    check_image_token,
+    connector_input,
+    image_processor_settings,
+    submodule,
+)
+
+
+def part_name(prefix: str) -> str:
+    """A parameter prefix as a module name inside a facade part (`model.multi_modal_projector.` →
+    `model__multi_modal_projector`); `prefix_of` inverts it."""
+    return prefix.rstrip(".").replace(".", "__")
+
+
+def prefix_of(name: str) -> str:
+    return name.replace("__", ".") + "."
+
+
+class HFFamily(FamilyAdapter):
+    vision_prefixes: tuple[str, ...] = ("model.vision_tower.",)
+    connector_prefixes: tuple[str, ...] = ("model.multi_modal_projector.",)
+    lm_prefixes: tuple[str, ...] = ("model.language_model.", "lm_head.")
+    # Tokens the family's processor puts before and after the image tokens of one image.
+    run_prefix: tuple[str, ...] = ()
+    run_suffix: tuple[str, ...] = ()
+
+    # ------------------------------------------------------------------ shapes
+    @staticmethod
+    def patches(config) -> int:
+        vision = config.vision_config
+        side = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
+        patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+        return (side // patch) ** 2
+
+    def x_v_shape(self, config) -> tuple[int, int]:
+        """(tokens, width) of X_v, the connector's input, for one image."""
+        return self.patches(config), config.vision_config.hidden_size
+
+    def num_image_tokens(self, config) -> int:
+        """H_v tokens per image: the image positions of a prompt."""
+        return self.patches(config)
+
+    def image_token_id(self, config) -> int:
+        return config.image_token_id
+
+    # ------------------------------------------------------------------ hooks
+    def image_features(self, model, pixel_values: torch.Tensor):
+        """Runs the family's own image-feature code (stopped at the connector by `connector_input`)."""
+        return model.get_image_features(pixel_values)
+
+    def connect(self, modules: dict, x_v: torch.Tensor) -> torch.Tensor:
+        """H_v from X_v, as the family calls its connector."""
+        return modules[part_name(self.connector_prefixes[0])](x_v)
+
+    def image_run(self, image_token_id, num_image_tokens, tokenizer):
+        before = [tokenizer.convert_tokens_to_ids(t) for t in self.run_prefix]
+        after = [tokenizer.convert_tokens_to_ids(t) for t in self.run_suffix]
+        run = before + [image_token_id] * num_image_tokens + after
+        return run, [False] * len(before) + [True] * num_image_tokens + [False] * len(after)
+
+    # ------------------------------------------------------------------ building
+    def facade_from_model(self, model, tokenizer, folder, template: str = "v1", image_preprocessing: str = "pad",
+                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+        """The facade over an in-memory HF model of this family (its modules, not copies)."""
+        from projection_probe.models.facade import MultimodalLM
+
+        config = model.config
+        image_token_id = self.image_token_id(config)
+        check_image_token(tokenizer, self, image_token_id, folder)
+
+        def parts(prefixes):
+            return {part_name(p): submodule(model, p, folder) for p in prefixes}
+
+        tower, connector_modules = parts(self.vision_prefixes), parts(self.connector_prefixes)
+        lm = parts(self.lm_prefixes)
+        first_connector = connector_modules[part_name(self.connector_prefixes[0])]
+
+        def encode(pixel_values):
+            args, kwargs = connector_input(first_connector, lambda: self.image_features(model, pixel_values))
+            return args[0] if args else next(iter(kwargs.values()))
+
+        tokens, width = self.x_v_shape(config)
+        side = config.vision_config.image_size
+        vision = FamilyVision(model, tower, encode, side if isinstance(side, int) else side[0], mean, std,
+                              width, tokens)
+        connector = FamilyConnector(connector_modules, lambda x_v: self.connect(connector_modules, x_v))
+        language_model = FamilyLanguageModel(model, lm)
+        check_covered(model, [vision, connector, language_model])
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return MultimodalLM(vision, connector, language_model, tokenizer, template=template,
+                            image_token_id=image_token_id, image_preprocessing=image_preprocessing,
+                            num_image_tokens=self.num_image_tokens(config), family=self)
+
+    def load(self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+             template: str = "v1", image_preprocessing: str = "pad", trust_remote_code: bool = False):
+        """The facade of a checkpoint folder of this family (weights, tokenizer, preprocessor config)."""
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+        folder = Path(folder)
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        _, mean, std = image_processor_settings(folder, 0)
+        facade = self.facade_from_model(model.eval(), tokenizer, folder, template, image_preprocessing, mean, std)
+        return facade.to(device=device, dtype=dtype)

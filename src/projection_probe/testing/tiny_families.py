@@ -1,0 +1,103 @@
+"""Tiny, randomly initialised models of each supported MLLM family, built offline from their config
+classes (`AutoModelForImageTextToText.from_config`), with a tokenizer that holds the family's image
+tokens, saved as folders that the family's own HF class and `from_pretrained` load.
+
+Every model sees 32×32 images in 8×8 patches (16 patches) through 2-layer towers and a 2-layer LM of
+width 64; each builds in milliseconds on a CPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from projection_probe.io import write_json
+from projection_probe.testing.tiny import make_tiny_tokenizer
+
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+# The tokens each family's processor puts around and at the image positions (image token first).
+FAMILY_TOKENS = {
+    "llava": ["<image>"],
+    "paligemma": ["<image>"],
+    "gemma3": ["<image_soft_token>", "<start_of_image>", "<end_of_image>"],
+    "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>"],
+    "smolvlm": ["<image>", "<fake_token_around_image>", "<global-img>"],
+    "internvl": ["<IMG_CONTEXT>", "<img>", "</img>"],
+}
+FAMILIES = tuple(FAMILY_TOKENS)
+
+
+def family_tokenizer(family: str, out_dir: str | Path | None = None):
+    """The tiny BPE tokenizer (`testing/tiny.py`) with the family's image tokens added as special tokens."""
+    tokenizer = make_tiny_tokenizer()
+    extra = [t for t in FAMILY_TOKENS[family] if t != "<image>"]
+    if extra:
+        tokenizer.add_tokens(extra, special_tokens=True)
+    if out_dir is not None:
+        tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def _text(tokenizer, model_type: str = "llama", **overrides) -> dict:
+    return dict(model_type=model_type, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **overrides)
+
+
+def _vision(**overrides) -> dict:
+    return {**dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=IMAGE_SIZE, patch_size=PATCH_SIZE), **overrides}
+
+
+def family_config(family: str, tokenizer):
+    """The tiny config of `family`, its token ids taken from `tokenizer`."""
+    from transformers import AutoConfig
+
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in FAMILY_TOKENS[family]]
+    image = ids[0]
+    if family == "llava":
+        return AutoConfig.for_model("llava", vision_config=_vision(model_type="clip_vision_model", projection_dim=32),
+                                    text_config=_text(tokenizer), image_token_id=image, image_seq_length=16)
+    if family == "paligemma":
+        return AutoConfig.for_model(
+            "paligemma", vision_config=_vision(model_type="siglip_vision_model", projection_dim=64),
+            text_config=_text(tokenizer, "gemma", num_image_tokens=16), image_token_id=image, projection_dim=64,
+            hidden_size=64, vocab_size=len(tokenizer))
+    if family == "gemma3":
+        return AutoConfig.for_model(
+            "gemma3", vision_config=_vision(model_type="siglip_vision_model"),
+            text_config=_text(tokenizer, "gemma3_text", sliding_window=64, query_pre_attn_scalar=16,
+                              layer_types=["sliding_attention", "full_attention"]),
+            mm_tokens_per_image=4, image_token_id=image, boi_token_id=ids[1], eoi_token_id=ids[2])
+    if family in ("idefics3", "smolvlm"):
+        return AutoConfig.for_model(family, vision_config=_vision(), text_config=_text(tokenizer),
+                                    image_token_id=image, scale_factor=2, pad_token_id=tokenizer.pad_token_id)
+    if family == "internvl":
+        return AutoConfig.for_model(
+            "internvl", vision_config=_vision(image_size=[IMAGE_SIZE] * 2, patch_size=[PATCH_SIZE] * 2),
+            text_config=_text(tokenizer, "qwen2"), image_token_id=image, image_seq_length=4)
+    raise KeyError(f"no tiny config for family {family!r}; families: {FAMILIES}")
+
+
+def make_tiny_family(family: str, out_dir: str | Path | None = None, seed: int = 0):
+    """A random model of `family` (fp32, eval mode) and its tokenizer; saved with a
+    `preprocessor_config.json` (size, mean, std) to `out_dir` when given. Returns (model, tokenizer)."""
+    from transformers import AutoModelForImageTextToText
+
+    tokenizer = family_tokenizer(family)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(family_config(family, tokenizer)).eval()
+    if family == "gemma3":
+        # Initialised to zeros: H_v would be 0 and no gradient would reach the connector.
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        write_json(out_dir / "preprocessor_config.json", {
+            "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    return model, tokenizer

@@ -1,0 +1,235 @@
+"""Every supported model family through the one facade, against the family's own HF model.
+
+One row per family, each on a tiny random model built offline (`testing/tiny_families.py`, fp32).
+The reference side is the family's own `AutoModelForImageTextToText` fed as its processor feeds it;
+the project side is the facade loaded from the saved folder through the family registry.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from projection_probe.io import InputError, write_json
+from projection_probe.models.families.hf import prefix_of
+from projection_probe.models.registry import FAMILIES, REFUSED, family_adapter, load_family
+from projection_probe.testing.tiny import make_tiny_tokenizer
+from projection_probe.testing.tiny_families import FAMILIES as TINY_FAMILIES
+from projection_probe.testing.tiny_families import make_tiny_family
+from projection_probe.train.finetune import configure_trainable
+
+PROMPT = ('<image>\nClassify this image into one of the following categories relating to textures: '
+          '"banded", "dotted", "striped". Only output a single final classification label and NOTHING ELSE.')
+LABELS = ["banded", "dotted", "striped"]
+# The llava row's connector and LM as its HF model names them (the facade holds its own modules there).
+LLAVA_PREFIXES = {"connector": ("model.multi_modal_projector.",), "lm": ("model.language_model.", "lm_head.")}
+
+
+def random_images(n, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size + 7 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def prefixes(family: str, part: str) -> tuple[str, ...]:
+    if family == "llava":
+        return LLAVA_PREFIXES[part]
+    return getattr(family_adapter(family), f"{part}_prefixes")
+
+
+def hf_connector(hf_model, family: str):
+    return hf_model.get_submodule(prefixes(family, "connector")[0].rstrip("."))
+
+
+def hf_pixel_inputs(family: str, pixels: torch.Tensor) -> dict:
+    """Pixels as the family's processor hands them to its model (Idefics3: images × tiles)."""
+    return {"pixel_values": pixels.unsqueeze(1) if family in ("idefics3", "smolvlm") else pixels}
+
+
+def hf_text_inputs(family: str, hf_model, input_ids: torch.Tensor) -> dict:
+    """The token-type ids the family's processor returns with a prompt (no answer)."""
+    if family == "gemma3":
+        return {"token_type_ids": (input_ids == hf_model.config.image_token_id).long()}
+    if family == "paligemma":
+        return {"token_type_ids": torch.zeros_like(input_ids)}
+    return {}
+
+
+def hf_image_features(family: str, hf_model, pixels: torch.Tensor):
+    kwargs = {}
+    if family == "internvl":
+        kwargs = dict(vision_feature_layer=hf_model.config.vision_feature_layer,
+                      vision_feature_select_strategy=hf_model.config.vision_feature_select_strategy)
+    return hf_model.get_image_features(**hf_pixel_inputs(family, pixels), **kwargs)
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def family_case(request, tmp_path_factory):
+    """(family, folder, the family's own HF model, the facade loaded from the folder)."""
+    family = request.param
+    folder = tmp_path_factory.mktemp(family)
+    hf_model, _ = make_tiny_family(family, folder)
+    return family, folder, hf_model, load_family(folder).eval()
+
+
+def prompt_batch(facade, family, hf_model, seed=0):
+    pixels = facade.vision.preprocess_images(random_images(1, seed=seed), "pad")
+    inputs = facade.build_inputs([PROMPT])
+    return pixels, inputs, {"input_ids": inputs.input_ids, "attention_mask": inputs.attention_mask,
+                            **hf_pixel_inputs(family, pixels), **hf_text_inputs(family, hf_model, inputs.input_ids)}
+
+
+def test_logits_equal_the_family_forward(family_case):
+    family, _, hf_model, facade = family_case
+    pixels, inputs, hf_inputs = prompt_batch(facade, family, hf_model)
+    # The family's own image token is at the image positions, as its processor puts it there.
+    assert bool((inputs.input_ids[inputs.image_mask] == facade.image_token_id).all())
+    with torch.no_grad():
+        ours = facade.logits(inputs, facade.encode_images(pixels))
+        theirs = hf_model(**hf_inputs).logits
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_greedy_answers_equal_the_family_generate(family_case):
+    family, _, hf_model, facade = family_case
+    pixels, inputs, hf_inputs = prompt_batch(facade, family, hf_model, seed=3)
+    ours = facade._greedy(inputs, facade.encode_images(pixels), max_new_tokens=6, stop_at_newline=False)[0]
+    theirs = hf_model.generate(**hf_inputs, max_new_tokens=6, do_sample=False)[0, inputs.input_ids.shape[1]:]
+    theirs = [t for t in theirs.tolist() if t != facade.tokenizer.eos_token_id]
+    assert ours == theirs[:len(ours)] and len(ours) == len(theirs)
+
+
+def test_pooled_h_v_equals_the_pooled_connector_output(family_case):
+    family, _, hf_model, facade = family_case
+    pixels = facade.vision.preprocess_images(random_images(2, seed=4), "pad")
+    seen = []
+    handle = hf_connector(hf_model, family).register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            hf_image_features(family, hf_model, pixels)
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        x_v = facade.encode_images(pixels)
+        pre, post = facade.pooled_features(x_v)
+    assert tuple(x_v.shape) == (2, facade.vision.num_patches, facade.vision.hidden_size)
+    assert post.shape[0] == 2 and (post - seen[0].float().mean(1)).abs().max().item() <= 1e-6
+
+
+def _one_step(facade, setting):
+    trainable = configure_trainable(facade, setting)
+    pixels = facade.vision.preprocess_images(random_images(2, seed=6), "pad")
+    x_v = facade.encode_images(pixels)
+    inputs = facade.build_inputs([PROMPT, PROMPT], answers=["dotted", "banded"])
+    optimizer = torch.optim.SGD([p for p in facade.parameters() if p.requires_grad], lr=0.5)
+    facade.loss(inputs, x_v).backward()
+    optimizer.step()
+    return trainable
+
+
+def _hf_state(facade, family):
+    """The parameters of the family's HF model behind the facade, by HF name."""
+    if family == "llava":  # the facade's own parts, named as in LlavaForConditionalGeneration
+        named = [("model.vision_tower.vision_model." + n.removeprefix("model.vision_model."), p)
+                 for n, p in facade.vision.named_parameters()]
+        named += [("model.multi_modal_projector." + n, p) for n, p in facade.projector.named_parameters()]
+        named += [(n.replace("model.", "model.language_model.", 1) if n.startswith("model.") else n, p)
+                  for n, p in facade.language_model.named_parameters()]
+    else:
+        named = facade.language_model.hf_model.named_parameters()
+    return {n: p.detach().clone() for n, p in named}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_ft_proj_trains_the_connector_only_and_ft_e2e_the_lm(family, tmp_path):
+    make_tiny_family(family, tmp_path)
+    connector, lm = prefixes(family, "connector"), prefixes(family, "lm")
+    facade = load_family(tmp_path).eval()
+    before = _hf_state(facade, family)
+    _one_step(facade, "ft-proj")
+    after = _hf_state(facade, family)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith(connector) for n in changed), sorted(changed)[:5]
+
+    facade = load_family(tmp_path).eval()
+    before = _hf_state(facade, family)
+    _one_step(facade, "ft-e2e")
+    after = _hf_state(facade, family)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any(n.startswith(lm) for n in changed)
+    assert all(n.startswith(connector + lm) for n in changed), sorted(changed)[:5]
+
+
+def test_tower_runs_once_per_image_and_labels_share_one_prefill(family_case):
+    family, _, hf_model, facade = family_case
+    tower = facade.vision
+    images_seen = []
+    handle = tower.register_forward_hook(lambda m, args, out: images_seen.append(args[0].shape[0]))
+    try:
+        pixels = facade.vision.preprocess_images(random_images(3, seed=8), "pad")
+        x_v = facade.encode_images(pixels)
+        facade.pooled_features(x_v)
+    finally:
+        handle.remove()
+    assert sum(images_seen) == 3  # each image through the tower once, whatever the batching
+
+    lm_calls = []
+    handle = facade.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: lm_calls.append(kwargs.get("inputs_embeds") is not None), with_kwargs=True)
+    try:
+        inputs = facade.build_inputs([PROMPT, PROMPT.replace("textures", "surface textures")])
+        facade.score_labels(inputs, x_v[:2], LABELS)
+        assert lm_calls.count(True) == 1  # one prefill for both images and all three labels
+        lm_calls.clear()
+        facade.constrained_generate(inputs, x_v[:2], LABELS)
+        assert lm_calls.count(True) == 1
+    finally:
+        handle.remove()
+
+
+def test_every_tiny_family_is_registered():
+    assert set(TINY_FAMILIES) <= set(FAMILIES)
+
+
+# ---------------------------------------------------------------------------- refusals
+def test_unsupported_model_type_is_refused_naming_folder_type_and_supported(tmp_path):
+    write_json(tmp_path / "config.json", {"model_type": "bert"})
+    with pytest.raises(InputError) as error:
+        load_family(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path) in message and "'bert'" in message and all(f in message for f in FAMILIES)
+
+
+@pytest.mark.parametrize("model_type", ["mllama", "chameleon", "pix2struct"])
+def test_families_without_an_h_v_sequence_are_refused_with_the_reason(tmp_path, model_type):
+    write_json(tmp_path / "config.json", {"model_type": model_type})
+    with pytest.raises(InputError, match=model_type) as error:
+        load_family(tmp_path)
+    assert REFUSED[model_type] in str(error.value)
+    if model_type == "mllama":
+        assert "cross-attention" in str(error.value)
+
+
+def test_checkpoint_without_the_connector_is_refused_naming_the_prefix():
+    model, tokenizer = make_tiny_family("paligemma")
+    del model.model.multi_modal_projector
+    with pytest.raises(InputError, match="'model.multi_modal_projector.'"):
+        family_adapter("paligemma").facade_from_model(model, tokenizer, "tiny-paligemma")
+
+
+def test_tokenizer_without_the_family_image_token_is_refused_naming_the_folder(tmp_path):
+    make_tiny_family("gemma3", tmp_path)
+    make_tiny_tokenizer(tmp_path)  # overwrites the tokenizer with one lacking <image_soft_token>
+    with pytest.raises(InputError, match="image_soft_token") as error:
+        load_family(tmp_path)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_part_names_map_back_to_hf_prefixes():
+    for family in FAMILIES:
+        if family == "llava":
+            continue
+        adapter = family_adapter(family)
+        for prefix in adapter.vision_prefixes + adapter.connector_prefixes + adapter.lm_prefixes:
+            assert prefix_of(prefix.rstrip(".").replace(".", "__")) == prefix
