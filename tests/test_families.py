@@ -42,7 +42,11 @@ def hf_connector(hf_model, family: str):
 
 
 def hf_pixel_inputs(family: str, pixels: torch.Tensor) -> dict:
-    """Pixels as the family's processor hands them to its model (Idefics3: images × tiles)."""
+    """Pixels as the family's processor hands them to its model (Idefics3: images × tiles; Qwen2-VL: all
+    images' patches in one sequence and each image's grid)."""
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        side = int((pixels.shape[1]) ** 0.5)
+        return {"pixel_values": pixels.flatten(0, 1), "image_grid_thw": torch.tensor([[1, side, side]] * len(pixels))}
     return {"pixel_values": pixels.unsqueeze(1) if family in ("idefics3", "smolvlm") else pixels}
 
 
@@ -52,6 +56,8 @@ def hf_text_inputs(family: str, hf_model, input_ids: torch.Tensor) -> dict:
         return {"token_type_ids": (input_ids == hf_model.config.image_token_id).long()}
     if family == "paligemma":
         return {"token_type_ids": torch.zeros_like(input_ids)}
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        return {"mm_token_type_ids": (input_ids == hf_model.config.image_token_id).int()}
     return {}
 
 
@@ -114,7 +120,8 @@ def test_pooled_h_v_equals_the_pooled_connector_output(family_case):
         x_v = facade.encode_images(pixels)
         pre, post = facade.pooled_features(x_v)
     assert tuple(x_v.shape) == (2, facade.vision.num_patches, facade.vision.hidden_size)
-    assert post.shape[0] == 2 and (post - seen[0].float().mean(1)).abs().max().item() <= 1e-6
+    h_v = seen[0].float().reshape(2, -1, seen[0].shape[-1])  # Qwen2-VL's merger sees all images as one sequence
+    assert post.shape[0] == 2 and (post - h_v.mean(1)).abs().max().item() <= 1e-6
 
 
 def _one_step(facade, setting):
@@ -186,6 +193,22 @@ def test_tower_runs_once_per_image_and_labels_share_one_prefill(family_case):
         assert lm_calls.count(True) == 1
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_m_rope_positions_are_three_axes_at_the_image(family, tmp_path):
+    """Qwen2.5-VL would silently run 1-D positions if its M-RoPE ids were not passed: the facade's
+    positions must differ across the height and width axes inside the image."""
+    make_tiny_family(family, tmp_path)
+    facade = load_family(tmp_path)
+    inputs = facade.build_inputs([PROMPT, PROMPT.replace("textures", "surface textures")])
+    positions = facade._position_ids(inputs)
+    assert positions.shape == (3, *inputs.input_ids.shape)
+    image = inputs.image_mask[0]
+    assert not torch.equal(positions[1, 0, image], positions[2, 0, image])
+    # After the image, text positions advance by one on all axes.
+    last = positions[:, :, -1]
+    assert torch.equal(last[0], last[1]) and torch.equal(last[1], last[2])
 
 
 def test_every_tiny_family_is_registered():

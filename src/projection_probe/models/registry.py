@@ -2,7 +2,7 @@
 
 Imports no torch (the config check and `plan` read it): an adapter module is imported only when a
 model of its family is loaded. One file per family under `models/families/`, except where families
-share their code literally (idefics3 and smolvlm).
+share their code literally (idefics3 and smolvlm, qwen2_vl and qwen2_5_vl).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ FAMILIES = {
     "idefics3": "projection_probe.models.families.idefics3",
     "smolvlm": "projection_probe.models.families.idefics3",
     "internvl": "projection_probe.models.families.internvl",
+    "qwen2_vl": "projection_probe.models.families.qwen2_vl",
+    "qwen2_5_vl": "projection_probe.models.families.qwen2_vl",
 }
 
 _NO_TOKEN_SEQUENCE = ("its image features never enter the LM's token sequence, so there is no H_v token "

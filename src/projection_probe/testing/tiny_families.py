@@ -24,6 +24,8 @@ FAMILY_TOKENS = {
     "idefics3": ["<image>", "<fake_token_around_image>", "<global-img>"],
     "smolvlm": ["<image>", "<fake_token_around_image>", "<global-img>"],
     "internvl": ["<IMG_CONTEXT>", "<img>", "</img>"],
+    "qwen2_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
+    "qwen2_5_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
 }
 FAMILIES = tuple(FAMILY_TOKENS)
 
@@ -78,6 +80,16 @@ def family_config(family: str, tokenizer):
         return AutoConfig.for_model(
             "internvl", vision_config=_vision(image_size=[IMAGE_SIZE] * 2, patch_size=[PATCH_SIZE] * 2),
             text_config=_text(tokenizer, "qwen2"), image_token_id=image, image_seq_length=4)
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        # 32×32 images in 4×4 patches: 64 patches, merged 2×2 into 16 image tokens. M-RoPE over 16 rotary dims.
+        text = _text(tokenizer, "qwen2_vl_text" if family == "qwen2_vl" else "qwen2_5_vl_text",
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+        shared = dict(num_heads=4, patch_size=4, temporal_patch_size=2, spatial_merge_size=2, depth=2)
+        vision = (dict(embed_dim=32, hidden_size=64, **shared) if family == "qwen2_vl" else
+                  dict(hidden_size=32, intermediate_size=64, window_size=16, out_hidden_size=64,
+                       fullatt_block_indexes=[1], **shared))
+        return AutoConfig.for_model(family, vision_config=vision, text_config=text, image_token_id=image,
+                                    vision_start_token_id=ids[1], vision_end_token_id=ids[2], video_token_id=ids[3])
     raise KeyError(f"no tiny config for family {family!r}; families: {FAMILIES}")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,8 +89,10 @@ class FamilyVision(VisionEncoder):
     Registers the tower (and any other frozen image-side module) only."""
 
     def __init__(self, model: nn.Module, modules: dict[str, nn.Module], encode: Callable[[torch.Tensor], torch.Tensor],
-                 image_size: int, mean, std, hidden_size: int, num_patches: int):
+                 image_size: int, mean, std, hidden_size: int, num_patches: int,
+                 to_pixels: Callable[[np.ndarray], np.ndarray | None] | None = None):
         super().__init__()
+        self._to_pixels = to_pixels
         for name, module in modules.items():
             self.add_module(name, module)
         self.__dict__["hf_model"] = model  # not registered: its other parts belong to the other wrappers
@@ -97,6 +100,13 @@ class FamilyVision(VisionEncoder):
         self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
         self.hidden_size, self.num_patches = hidden_size, num_patches
         self.requires_grad_(False)
+
+    def preprocess_images(self, images, mode: str) -> torch.Tensor:
+        """B×C×S×S, or B×P×D where the family's model takes each image as P flattened patches."""
+        pixels = super().preprocess_images(images, mode)
+        if self._to_pixels is None:
+            return pixels
+        return torch.from_numpy(np.stack([self._to_pixels(image.numpy()) for image in pixels]))
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self._encode(pixel_values.to(self.hf_model.dtype))
@@ -161,9 +171,11 @@ def check_covered(model: nn.Module, parts: list[nn.Module]) -> None:
             if id(p) in owner and owner[id(p)] is not part:
                 raise RuntimeError(f"{type(model).__name__}: a parameter belongs to two facade parts")
             owner[id(p)] = part
-    leftover = [n for n, p in model.named_parameters() if id(p) not in owner]
+        owner.update((id(b), part) for b in part.buffers())
+    # Buffers too: the facade moves its parts between devices, and a buffer outside them would stay.
+    leftover = [n for n, p in [*model.named_parameters(), *model.named_buffers()] if id(p) not in owner]
     if leftover:
-        raise RuntimeError(f"{type(model).__name__}: parameters {leftover[:3]} belong to no facade part")
+        raise RuntimeError(f"{type(model).__name__}: parameters or buffers {leftover[:3]} belong to no facade part")
 
 
 def image_processor_settings(folder: Path, default_size: int) -> tuple[int, tuple, tuple]:

@@ -11,6 +11,7 @@ Image-token counts are made constant per model: images are resized to the tower'
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -45,14 +46,28 @@ class HFFamily(FamilyAdapter):
     # Tokens the family's processor puts before and after the image tokens of one image.
     run_prefix: tuple[str, ...] = ()
     run_suffix: tuple[str, ...] = ()
+    # Set by `bind` on the facade's own copy of the adapter.
+    model = None
+    side: int | None = None
+
+    def bind(self, model, side: int) -> HFFamily:
+        """This adapter for one model and image side (hooks that need the model, e.g. M-RoPE, read them)."""
+        bound = copy.copy(self)
+        bound.model, bound.side = model, side
+        return bound
+
+    def image_side(self, config, preprocessor_side: int | None) -> int:
+        """The square side every image is resized to: the tower's own `image_size`."""
+        size = config.vision_config.image_size
+        return size if isinstance(size, int) else size[0]
+
+    # A family whose model takes each image as flattened patches sets a method: C×S×S array → P×D array.
+    to_pixels = None
 
     # ------------------------------------------------------------------ shapes
-    @staticmethod
-    def patches(config) -> int:
-        vision = config.vision_config
-        side = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
-        patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
-        return (side // patch) ** 2
+    def patches(self, config) -> int:
+        patch = config.vision_config.patch_size
+        return (self.side // (patch if isinstance(patch, int) else patch[0])) ** 2
 
     def x_v_shape(self, config) -> tuple[int, int]:
         """(tokens, width) of X_v, the connector's input, for one image."""
@@ -70,6 +85,10 @@ class HFFamily(FamilyAdapter):
         """Runs the family's own image-feature code (stopped at the connector by `connector_input`)."""
         return model.get_image_features(pixel_values)
 
+    def x_v_of(self, connector_input: torch.Tensor, batch: int) -> torch.Tensor:
+        """B×N×D_v X_v from the tensor the family passes to its connector for `batch` images."""
+        return connector_input
+
     def connect(self, modules: dict, x_v: torch.Tensor) -> torch.Tensor:
         """H_v from X_v, as the family calls its connector."""
         return modules[part_name(self.connector_prefixes[0])](x_v)
@@ -82,37 +101,37 @@ class HFFamily(FamilyAdapter):
 
     # ------------------------------------------------------------------ building
     def facade_from_model(self, model, tokenizer, folder, template: str = "v1", image_preprocessing: str = "pad",
-                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
-        """The facade over an in-memory HF model of this family (its modules, not copies)."""
+                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), side: int | None = None):
+        """The facade over an in-memory HF model of this family (its modules, not copies); `side` is the
+        preprocessor's image side, where the family's image size is a setting rather than its tower's."""
         from projection_probe.models.facade import MultimodalLM
 
         config = model.config
-        image_token_id = self.image_token_id(config)
-        check_image_token(tokenizer, self, image_token_id, folder)
+        adapter = self.bind(model, self.image_side(config, side))
+        image_token_id = adapter.image_token_id(config)
+        check_image_token(tokenizer, adapter, image_token_id, folder)
 
         def parts(prefixes):
             return {part_name(p): submodule(model, p, folder) for p in prefixes}
 
-        tower, connector_modules = parts(self.vision_prefixes), parts(self.connector_prefixes)
-        lm = parts(self.lm_prefixes)
-        first_connector = connector_modules[part_name(self.connector_prefixes[0])]
+        tower, connector_modules = parts(adapter.vision_prefixes), parts(adapter.connector_prefixes)
+        lm = parts(adapter.lm_prefixes)
+        first_connector = connector_modules[part_name(adapter.connector_prefixes[0])]
 
         def encode(pixel_values):
-            args, kwargs = connector_input(first_connector, lambda: self.image_features(model, pixel_values))
-            return args[0] if args else next(iter(kwargs.values()))
+            args, kwargs = connector_input(first_connector, lambda: adapter.image_features(model, pixel_values))
+            return adapter.x_v_of(args[0] if args else next(iter(kwargs.values())), pixel_values.shape[0])
 
-        tokens, width = self.x_v_shape(config)
-        side = config.vision_config.image_size
-        vision = FamilyVision(model, tower, encode, side if isinstance(side, int) else side[0], mean, std,
-                              width, tokens)
-        connector = FamilyConnector(connector_modules, lambda x_v: self.connect(connector_modules, x_v))
+        tokens, width = adapter.x_v_shape(config)
+        vision = FamilyVision(model, tower, encode, adapter.side, mean, std, width, tokens, adapter.to_pixels)
+        connector = FamilyConnector(connector_modules, lambda x_v: adapter.connect(connector_modules, x_v))
         language_model = FamilyLanguageModel(model, lm)
         check_covered(model, [vision, connector, language_model])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return MultimodalLM(vision, connector, language_model, tokenizer, template=template,
                             image_token_id=image_token_id, image_preprocessing=image_preprocessing,
-                            num_image_tokens=self.num_image_tokens(config), family=self)
+                            num_image_tokens=adapter.num_image_tokens(config), family=adapter)
 
     def load(self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
              template: str = "v1", image_preprocessing: str = "pad", trust_remote_code: bool = False):
@@ -122,6 +141,7 @@ class HFFamily(FamilyAdapter):
         folder = Path(folder)
         model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        _, mean, std = image_processor_settings(folder, 0)
-        facade = self.facade_from_model(model.eval(), tokenizer, folder, template, image_preprocessing, mean, std)
+        side, mean, std = image_processor_settings(folder, 0)
+        facade = self.facade_from_model(model.eval(), tokenizer, folder, template, image_preprocessing, mean, std,
+                                        side or None)
         return facade.to(device=device, dtype=dtype)
