@@ -21,6 +21,7 @@ FAMILIES = {
     "internvl": "projection_probe.models.families.internvl",
     "qwen2_vl": "projection_probe.models.families.qwen2_vl",
     "qwen2_5_vl": "projection_probe.models.families.qwen2_vl",
+    "blip-2": "projection_probe.models.families.blip_2",
 }
 
 _NO_TOKEN_SEQUENCE = ("its image features never enter the LM's token sequence, so there is no H_v token "

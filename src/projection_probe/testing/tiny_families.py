@@ -26,6 +26,7 @@ FAMILY_TOKENS = {
     "internvl": ["<IMG_CONTEXT>", "<img>", "</img>"],
     "qwen2_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
     "qwen2_5_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
+    "blip-2": ["<image>"],
 }
 FAMILIES = tuple(FAMILY_TOKENS)
 
@@ -90,6 +91,15 @@ def family_config(family: str, tokenizer):
                        fullatt_block_indexes=[1], **shared))
         return AutoConfig.for_model(family, vision_config=vision, text_config=text, image_token_id=image,
                                     vision_start_token_id=ids[1], vision_end_token_id=ids[2], video_token_id=ids[3])
+    if family == "blip-2":  # 4 learned queries; an OPT LM
+        text = dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                    num_attention_heads=4, word_embed_proj_dim=64, max_position_embeddings=1024,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+        qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       encoder_hidden_size=32, vocab_size=len(tokenizer))
+        return AutoConfig.for_model("blip-2", vision_config=_vision(), qformer_config=qformer, text_config=text,
+                                    num_query_tokens=4, image_token_id=image)
     raise KeyError(f"no tiny config for family {family!r}; families: {FAMILIES}")
 
 
@@ -104,6 +114,8 @@ def make_tiny_family(family: str, out_dir: str | Path | None = None, seed: int =
     if family == "gemma3":
         # Initialised to zeros: H_v would be 0 and no gradient would reach the connector.
         torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.02)
+    if family == "blip-2":  # zeros too: every query would give the same H_v token
+        torch.nn.init.normal_(model.query_tokens, std=0.02)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if out_dir is not None:

@@ -115,10 +115,13 @@ class FamilyVision(VisionEncoder):
 class FamilyConnector(nn.Module):
     """X_v → H_v: the family's own connector module, called as the family calls it (`call`)."""
 
-    def __init__(self, modules: dict[str, nn.Module], call: Callable[..., torch.Tensor]):
+    def __init__(self, modules: dict[str, nn.Module | nn.Parameter], call: Callable[..., torch.Tensor]):
         super().__init__()
-        for name, module in modules.items():
-            self.add_module(name, module)
+        for name, part in modules.items():
+            if isinstance(part, nn.Parameter):
+                self.register_parameter(name, part)
+            else:
+                self.add_module(name, part)
         self._call = call
 
     def forward(self, x_v: torch.Tensor) -> torch.Tensor:
@@ -159,6 +162,15 @@ def submodule(model: nn.Module, prefix: str, folder) -> nn.Module:
         return model.get_submodule(path)
     except AttributeError:
         raise InputError(f"{folder}: the checkpoint has no {prefix!r} (its {type(model).__name__} lacks it), where "
+                         "its family adapter expects that part; is this a checkpoint of that family?") from None
+
+
+def parameter(model: nn.Module, name: str, folder) -> nn.Parameter:
+    """The parameter `name` (a connector's learned queries), refused naming it when absent."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        raise InputError(f"{folder}: the checkpoint has no {name!r} (its {type(model).__name__} lacks it), where "
                          "its family adapter expects that part; is this a checkpoint of that family?") from None
 
 

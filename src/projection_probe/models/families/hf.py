@@ -25,18 +25,22 @@ from projection_probe.models.families.base import (
     check_image_token,
     connector_input,
     image_processor_settings,
+    parameter,
     submodule,
 )
 
 
 def part_name(prefix: str) -> str:
     """A parameter prefix as a module name inside a facade part (`model.multi_modal_projector.` →
-    `model__multi_modal_projector`); `prefix_of` inverts it."""
+    `model__multi_modal_projector`); `hf_parameter_name` inverts it."""
     return prefix.rstrip(".").replace(".", "__")
 
 
-def prefix_of(name: str) -> str:
-    return name.replace("__", ".") + "."
+def hf_parameter_name(part_key: str) -> str:
+    """The family model's name of a facade part's parameter (`model__multi_modal_projector.linear.weight`
+    → `model.multi_modal_projector.linear.weight`): what a trained part is saved and exported under."""
+    head, _, rest = part_key.partition(".")
+    return head.replace("__", ".") + ("." + rest if rest else "")
 
 
 class HFFamily(FamilyAdapter):
@@ -77,6 +81,10 @@ class HFFamily(FamilyAdapter):
         """H_v tokens per image: the image positions of a prompt."""
         return self.patches(config)
 
+    def language_model_part(self, model, modules: dict):
+        """The facade's LM: by default the family's whole forward over the LM's modules."""
+        return FamilyLanguageModel(model, modules)
+
     def image_token_id(self, config) -> int:
         return config.image_token_id
 
@@ -85,9 +93,9 @@ class HFFamily(FamilyAdapter):
         """Runs the family's own image-feature code (stopped at the connector by `connector_input`)."""
         return model.get_image_features(pixel_values)
 
-    def x_v_of(self, connector_input: torch.Tensor, batch: int) -> torch.Tensor:
-        """B×N×D_v X_v from the tensor the family passes to its connector for `batch` images."""
-        return connector_input
+    def x_v_of(self, args: tuple, kwargs: dict, batch: int) -> torch.Tensor:
+        """B×N×D_v X_v from the arguments the family passes to its connector for `batch` images."""
+        return args[0] if args else next(iter(kwargs.values()))
 
     def connect(self, modules: dict, x_v: torch.Tensor) -> torch.Tensor:
         """H_v from X_v, as the family calls its connector."""
@@ -111,8 +119,9 @@ class HFFamily(FamilyAdapter):
         image_token_id = adapter.image_token_id(config)
         check_image_token(tokenizer, adapter, image_token_id, folder)
 
-        def parts(prefixes):
-            return {part_name(p): submodule(model, p, folder) for p in prefixes}
+        def parts(prefixes):  # a prefix without a trailing dot names a parameter (BLIP-2's `query_tokens`)
+            return {part_name(p): submodule(model, p, folder) if p.endswith(".") else parameter(model, p, folder)
+                    for p in prefixes}
 
         tower, connector_modules = parts(adapter.vision_prefixes), parts(adapter.connector_prefixes)
         lm = parts(adapter.lm_prefixes)
@@ -120,12 +129,12 @@ class HFFamily(FamilyAdapter):
 
         def encode(pixel_values):
             args, kwargs = connector_input(first_connector, lambda: adapter.image_features(model, pixel_values))
-            return adapter.x_v_of(args[0] if args else next(iter(kwargs.values())), pixel_values.shape[0])
+            return adapter.x_v_of(args, kwargs, pixel_values.shape[0])
 
         tokens, width = adapter.x_v_shape(config)
         vision = FamilyVision(model, tower, encode, adapter.side, mean, std, width, tokens, adapter.to_pixels)
         connector = FamilyConnector(connector_modules, lambda x_v: adapter.connect(connector_modules, x_v))
-        language_model = FamilyLanguageModel(model, lm)
+        language_model = adapter.language_model_part(model, lm)
         check_covered(model, [vision, connector, language_model])
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -53,8 +53,8 @@ class Qwen2VL(HFFamily):
         batch = pixel_values.shape[0]
         return model.get_image_features(pixel_values.flatten(0, 1), self.grid.repeat(batch, 1))
 
-    def x_v_of(self, connector_input, batch):
-        return connector_input.view(batch, -1, connector_input.shape[-1])  # the merger sees all images as one
+    def x_v_of(self, args, kwargs, batch):
+        return args[0].view(batch, -1, args[0].shape[-1])  # the merger sees all images as one sequence
 
     def connect(self, modules, x_v):
         merged = modules[part_name(self.connector_prefixes[0])](x_v.flatten(0, 1))
