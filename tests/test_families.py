@@ -23,6 +23,8 @@ PROMPT = ('<image>\nClassify this image into one of the following categories rel
           '"banded", "dotted", "striped". Only output a single final classification label and NOTHING ELSE.')
 LABELS = ["banded", "dotted", "striped"]
 # The llava row's connector and LM as its HF model names them (the facade holds its own modules there).
+# Families whose H_v is the connector's output packed with newline tokens (what the LM reads).
+ANYRES = ("llava_next", "llava_onevision")
 LLAVA_PREFIXES = {"connector": ("model.multi_modal_projector.",), "lm": ("model.language_model.", "lm_head.")}
 
 
@@ -39,7 +41,8 @@ def prefixes(family: str, part: str) -> tuple[str, ...]:
 
 def hf_connector_output_module(hf_model, family: str):
     """The connector's last module, whose output is H_v (BLIP-2: `language_projection`)."""
-    return hf_model.get_submodule(prefixes(family, "connector")[-1].rstrip("."))
+    last_module = [p for p in prefixes(family, "connector") if p.endswith(".")][-1]
+    return hf_model.get_submodule(last_module.rstrip("."))
 
 
 def hf_pixel_inputs(family: str, pixels: torch.Tensor) -> dict:
@@ -48,6 +51,8 @@ def hf_pixel_inputs(family: str, pixels: torch.Tensor) -> dict:
     if family in ("qwen2_vl", "qwen2_5_vl"):
         side = int((pixels.shape[1]) ** 0.5)
         return {"pixel_values": pixels.flatten(0, 1), "image_grid_thw": torch.tensor([[1, side, side]] * len(pixels))}
+    if family in ANYRES:
+        return {"pixel_values": pixels, "image_sizes": torch.tensor([list(pixels.shape[-2:])] * len(pixels))}
     return {"pixel_values": pixels.unsqueeze(1) if family in ("idefics3", "smolvlm") else pixels}
 
 
@@ -64,7 +69,7 @@ def hf_text_inputs(family: str, hf_model, input_ids: torch.Tensor) -> dict:
 
 def hf_image_features(family: str, hf_model, pixels: torch.Tensor):
     kwargs = {}
-    if family == "internvl":
+    if family in ("internvl", *ANYRES):
         kwargs = dict(vision_feature_layer=hf_model.config.vision_feature_layer,
                       vision_feature_select_strategy=hf_model.config.vision_feature_select_strategy)
     return hf_model.get_image_features(**hf_pixel_inputs(family, pixels), **kwargs)
@@ -114,9 +119,12 @@ def test_pooled_h_v_equals_the_pooled_connector_output(family_case):
     handle = hf_connector_output_module(hf_model, family).register_forward_hook(lambda m, args, out: seen.append(out))
     try:
         with torch.no_grad():
-            hf_image_features(family, hf_model, pixels)
+            features = hf_image_features(family, hf_model, pixels)
     finally:
         handle.remove()
+    if family in ANYRES:  # the projector's output, unpadded and with newlines: the family's own packing
+        seen = [torch.stack(list(features.pooler_output)) if isinstance(features.pooler_output, (list, tuple))
+                else features.pooler_output.view(2, -1, features.pooler_output.shape[-1])]
     with torch.no_grad():
         x_v = facade.encode_images(pixels)
         pre, post = facade.pooled_features(x_v)

@@ -2,7 +2,8 @@
 
 Imports no torch (the config check and `plan` read it): an adapter module is imported only when a
 model of its family is loaded. One file per family under `models/families/`, except where families
-share their code literally (idefics3 and smolvlm, qwen2_vl and qwen2_5_vl).
+share their code literally (idefics3 and smolvlm, qwen2_vl and qwen2_5_vl,
+llava_next and llava_onevision).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ FAMILIES = {
     "qwen2_vl": "projection_probe.models.families.qwen2_vl",
     "qwen2_5_vl": "projection_probe.models.families.qwen2_vl",
     "blip-2": "projection_probe.models.families.blip_2",
+    "llava_next": "projection_probe.models.families.llava_next",
+    "llava_onevision": "projection_probe.models.families.llava_next",
 }
 
 _NO_TOKEN_SEQUENCE = ("its image features never enter the LM's token sequence, so there is no H_v token "

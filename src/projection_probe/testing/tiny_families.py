@@ -27,8 +27,12 @@ FAMILY_TOKENS = {
     "qwen2_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
     "qwen2_5_vl": ["<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"],
     "blip-2": ["<image>"],
+    "llava_next": ["<image>"],
+    "llava_onevision": ["<image>", "<video>"],
 }
 FAMILIES = tuple(FAMILY_TOKENS)
+# LLaVA-NeXT's anyres grid, without the image's own square so that images are cut into crops.
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 
 
 def family_tokenizer(family: str, out_dir: str | Path | None = None):
@@ -100,6 +104,15 @@ def family_config(family: str, tokenizer):
                        encoder_hidden_size=32, vocab_size=len(tokenizer))
         return AutoConfig.for_model("blip-2", vision_config=_vision(), qformer_config=qformer, text_config=text,
                                     num_query_tokens=4, image_token_id=image)
+    if family == "llava_next":  # a 32×32 image fits the 32×64 pinpoint best: itself and 2 crops
+        return AutoConfig.for_model(
+            "llava_next", vision_config=_vision(model_type="clip_vision_model", projection_dim=32),
+            text_config=_text(tokenizer), image_token_id=image, image_grid_pinpoints=PINPOINTS)
+    if family == "llava_onevision":
+        return AutoConfig.for_model(
+            "llava_onevision", vision_config=_vision(model_type="siglip_vision_model"),
+            text_config=_text(tokenizer, "qwen2"), image_token_id=image, video_token_id=ids[1],
+            image_grid_pinpoints=PINPOINTS)
     raise KeyError(f"no tiny config for family {family!r}; families: {FAMILIES}")
 
 
