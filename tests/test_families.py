@@ -51,7 +51,7 @@ def hf_pixel_inputs(family: str, pixels: torch.Tensor) -> dict:
     if family in ("qwen2_vl", "qwen2_5_vl"):
         side = int((pixels.shape[1]) ** 0.5)
         return {"pixel_values": pixels.flatten(0, 1), "image_grid_thw": torch.tensor([[1, side, side]] * len(pixels))}
-    if family in ANYRES:
+    if family in (*ANYRES, "mistral3"):
         return {"pixel_values": pixels, "image_sizes": torch.tensor([list(pixels.shape[-2:])] * len(pixels))}
     return {"pixel_values": pixels.unsqueeze(1) if family in ("idefics3", "smolvlm") else pixels}
 

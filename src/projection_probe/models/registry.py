@@ -25,6 +25,7 @@ FAMILIES = {
     "blip-2": "projection_probe.models.families.blip_2",
     "llava_next": "projection_probe.models.families.llava_next",
     "llava_onevision": "projection_probe.models.families.llava_next",
+    "mistral3": "projection_probe.models.families.mistral3",
 }
 
 _NO_TOKEN_SEQUENCE = ("its image features never enter the LM's token sequence, so there is no H_v token "

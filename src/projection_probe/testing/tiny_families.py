@@ -29,6 +29,7 @@ FAMILY_TOKENS = {
     "blip-2": ["<image>"],
     "llava_next": ["<image>"],
     "llava_onevision": ["<image>", "<video>"],
+    "mistral3": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"],
 }
 FAMILIES = tuple(FAMILY_TOKENS)
 # LLaVA-NeXT's anyres grid, without the image's own square so that images are cut into crops.
@@ -113,6 +114,10 @@ def family_config(family: str, tokenizer):
             "llava_onevision", vision_config=_vision(model_type="siglip_vision_model"),
             text_config=_text(tokenizer, "qwen2"), image_token_id=image, video_token_id=ids[1],
             image_grid_pinpoints=PINPOINTS)
+    if family == "mistral3":  # Pixtral: 4×4 patches, merged 2×2 into 2 rows of 2 image tokens
+        return AutoConfig.for_model(
+            "mistral3", vision_config=_vision(model_type="pixtral", head_dim=8),
+            text_config=_text(tokenizer, "mistral"), image_token_id=image, spatial_merge_size=2)
     raise KeyError(f"no tiny config for family {family!r}; families: {FAMILIES}")
 
 
