@@ -268,3 +268,51 @@ def test_part_parameters_map_back_to_the_family_names(family):
     for part in (facade.vision, facade.projector):
         for name, p in part.named_parameters():
             assert hf_params[hf_parameter_name(name)] is p
+
+
+# ---------------------------------------------------------------------------- model folders and export
+@pytest.mark.parametrize("family", ["llava", "idefics3", "qwen2_vl"])
+def test_an_ft_proj_folder_over_a_family_checkpoint_loads_and_exports_to_the_family_class(family, tmp_path):
+    """facade.json's `family_checkpoint` names the family checkpoint; a fine-tuned connector saved by
+    the project's own writer loads over it, and the export loads with the family's own HF class and
+    gives the fine-tuned facade's logits."""
+    from transformers import AutoModelForImageTextToText
+
+    from projection_probe.models.loaders import load_facade, save_projector
+    from projection_probe.models.spec import FacadeSpec
+    from projection_probe.train.export import export_llava_hf
+
+    checkpoint, base, tuned = tmp_path / "checkpoint", tmp_path / "base", tmp_path / "tuned"
+    hf_model, _ = make_tiny_family(family, checkpoint)
+    base.mkdir()
+    FacadeSpec(family_checkpoint="../checkpoint").to_json(base)
+    facade = load_facade(base).eval()
+    _one_step(facade, "ft-proj")
+    tuned.mkdir()
+    save_projector(facade, tuned / "projector.safetensors")
+    FacadeSpec(base="../base", projector={"weights": "projector.safetensors"}).to_json(tuned)
+    reloaded = load_facade(tuned).eval()
+    for (name, ours), theirs in zip(facade.projector.state_dict().items(), reloaded.projector.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+    exported = export_llava_hf(tuned, tmp_path / "export")
+    family_model = AutoModelForImageTextToText.from_pretrained(exported).eval()
+    assert type(family_model) is type(hf_model)
+    pixels, inputs, hf_inputs = prompt_batch(reloaded, family, family_model)
+    with torch.no_grad():
+        ours = reloaded.logits(inputs, reloaded.encode_images(pixels))
+        theirs = family_model(**hf_inputs).logits
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert not torch.equal(theirs, hf_model(**hf_inputs).logits)  # the fine-tuned connector, not the base's
+
+
+def test_a_fine_tuned_lm_over_a_family_checkpoint_is_refused_naming_the_folder(tmp_path):
+    from projection_probe.models.loaders import load_facade
+    from projection_probe.models.spec import FacadeSpec
+
+    make_tiny_family("paligemma", tmp_path / "checkpoint")
+    (tmp_path / "tuned").mkdir()
+    FacadeSpec(family_checkpoint="../checkpoint", language_model={"path": "language_model"}).to_json(tmp_path / "tuned")
+    with pytest.raises(InputError, match="cannot be loaded yet") as error:
+        load_facade(tmp_path / "tuned")
+    assert str(tmp_path / "tuned") in str(error.value)
