@@ -316,3 +316,23 @@ def test_a_fine_tuned_lm_over_a_family_checkpoint_is_refused_naming_the_folder(t
     with pytest.raises(InputError, match="cannot be loaded yet") as error:
         load_facade(tmp_path / "tuned")
     assert str(tmp_path / "tuned") in str(error.value)
+
+
+# ---------------------------------------------------------------------------- plan
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_plan_sizes_a_family_from_its_config_json(family, tmp_path):
+    """`plan`'s meta-device facade of a family's config.json has the real model's parameters and image
+    tokens, and FT-Proj trains exactly the connector's parameters."""
+    from projection_probe.plan.estimate import meta_facade
+    from projection_probe.train.finetune import MODEL_DTYPES
+
+    model, _ = make_tiny_family(family, tmp_path)
+    real = load_family(tmp_path)
+    meta = meta_facade(model.config.to_dict(), MODEL_DTYPES["float32"], image_side=32)
+    assert meta.num_image_tokens == real.num_image_tokens
+    assert (meta.vision.num_patches, meta.vision.hidden_size) == (real.vision.num_patches, real.vision.hidden_size)
+    assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in model.parameters())
+    configure_trainable(meta, "ft-proj")
+    connector = prefixes(family, "connector")
+    expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(connector))
+    assert sum(p.numel() for p in meta.parameters() if p.requires_grad) == expected

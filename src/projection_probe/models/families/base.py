@@ -139,7 +139,7 @@ class FamilyLanguageModel(nn.Module):
             self.add_module(name, module)
         self.__dict__["hf_model"] = model
         self.generation_config = model.generation_config
-        self.config = model.config
+        self.config = model.config.get_text_config()  # what a causal LM's config says (layers, widths)
 
     def get_input_embeddings(self):
         return self.hf_model.get_input_embeddings()

@@ -117,7 +117,8 @@ class HFFamily(FamilyAdapter):
         config = model.config
         adapter = self.bind(model, self.image_side(config, side))
         image_token_id = adapter.image_token_id(config)
-        check_image_token(tokenizer, adapter, image_token_id, folder)
+        if tokenizer is not None:  # None: a meta-device facade for `plan`, which tokenizes nothing
+            check_image_token(tokenizer, adapter, image_token_id, folder)
 
         def parts(prefixes):  # a prefix without a trailing dot names a parameter (BLIP-2's `query_tokens`)
             return {part_name(p): submodule(model, p, folder) if p.endswith(".") else parameter(model, p, folder)
@@ -136,11 +137,22 @@ class HFFamily(FamilyAdapter):
         connector = FamilyConnector(connector_modules, lambda x_v: adapter.connect(connector_modules, x_v))
         language_model = adapter.language_model_part(model, lm)
         check_covered(model, [vision, connector, language_model])
-        if tokenizer.pad_token_id is None:
+        if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return MultimodalLM(vision, connector, language_model, tokenizer, template=template,
                             image_token_id=image_token_id, image_preprocessing=image_preprocessing,
                             num_image_tokens=adapter.num_image_tokens(config), family=adapter)
+
+    def meta_facade(self, config_json: dict, dtype: torch.dtype, side: int | None = None):
+        """The facade `load` would build, on the meta device from a `config.json` (no weights, no
+        tokenizer): what `plan` counts parameters and image tokens on."""
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        settings = {k: v for k, v in config_json.items() if k not in ("architectures", "transformers_version")}
+        config = AutoConfig.for_model(**settings)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config).to(dtype)
+        return self.facade_from_model(model, None, f"config.json of {settings['model_type']}", side=side)
 
     def load(self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
              template: str = "v1", image_preprocessing: str = "pad", trust_remote_code: bool = False):

@@ -56,7 +56,7 @@ class LlavaNext(HFFamily):
 
     def num_image_tokens(self, config):
         tiles = torch.zeros(self.tiles, self.tile_tokens(config), config.text_config.hidden_size)
-        return int(self.pack([tiles], self.model.model.image_newline)[1][0])
+        return int(self.pack([tiles], torch.zeros(config.text_config.hidden_size))[1][0])  # shapes only
 
     # ------------------------------------------------------------------ hooks
     def image_sizes(self, batch: int) -> torch.Tensor:
