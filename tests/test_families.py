@@ -22,6 +22,7 @@ from projection_probe.train.finetune import configure_trainable
 PROMPT = ('<image>\nClassify this image into one of the following categories relating to textures: '
           '"banded", "dotted", "striped". Only output a single final classification label and NOTHING ELSE.')
 LABELS = ["banded", "dotted", "striped"]
+SHORT_PROMPT = "<image>\nClassify this texture."  # a training step needs no long prompt
 # The llava row's connector and LM as its HF model names them (the facade holds its own modules there).
 # Families whose H_v is the connector's output packed with newline tokens (what the LM reads).
 ANYRES = ("llava_next", "llava_onevision")
@@ -137,7 +138,7 @@ def _one_step(facade, setting):
     trainable = configure_trainable(facade, setting)
     pixels = facade.vision.preprocess_images(random_images(2, seed=6), "pad")
     x_v = facade.encode_images(pixels)
-    inputs = facade.build_inputs([PROMPT, PROMPT], answers=["dotted", "banded"])
+    inputs = facade.build_inputs([SHORT_PROMPT, SHORT_PROMPT], answers=["dotted", "banded"])
     optimizer = torch.optim.SGD([p for p in facade.parameters() if p.requires_grad], lr=0.5)
     facade.loss(inputs, x_v).backward()
     optimizer.step()
@@ -150,15 +151,16 @@ def _hf_state(facade, family):
         named = [("model.vision_tower.vision_model." + n.removeprefix("model.vision_model."), p)
                  for n, p in facade.vision.named_parameters()]
         named += [("model.multi_modal_projector." + n, p) for n, p in facade.projector.named_parameters()]
-        named += [(n.replace("model.", "model.language_model.", 1) if n.startswith("model.") else n, p)
-                  for n, p in facade.language_model.named_parameters()]
+        lm = [(n.removeprefix("base_model.model."), p) for n, p in facade.language_model.named_parameters()]
+        named += [(n.replace("model.", "model.language_model.", 1) if n.startswith("model.") else n, p) for n, p in lm]
     else:
         named = facade.vision.hf_model.named_parameters()
-    return {n: p.detach().clone() for n, p in named}
+    # A LoRA-wrapped layer keeps its own weight as `base_layer`; its adapters are new parameters.
+    return {n.replace(".base_layer", ""): p.detach().clone() for n, p in named if "lora_" not in n}
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_ft_proj_trains_the_connector_only_and_ft_e2e_the_lm(family, tmp_path):
+def test_ft_proj_trains_the_connector_only_ft_e2e_the_lm_and_lora_adapters(family, tmp_path):
     make_tiny_family(family, tmp_path)
     connector, lm = prefixes(family, "connector"), prefixes(family, "lm")
     facade = load_family(tmp_path).eval()
@@ -175,6 +177,16 @@ def test_ft_proj_trains_the_connector_only_and_ft_e2e_the_lm(family, tmp_path):
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert any(n.startswith(lm) for n in changed)
     assert all(n.startswith(connector + lm) for n in changed), sorted(changed)[:5]
+
+    facade = load_family(tmp_path).eval()
+    before = _hf_state(facade, family)
+    trainable = _one_step(facade, "ft-lora")
+    after = _hf_state(facade, family)
+    assert set(after) == set(before)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.startswith(connector) for n in changed), sorted(changed)[:5]  # the LM's own: untouched
+    adapters = [p for n, p in facade.language_model.named_parameters() if "lora_B" in n]
+    assert any("lora_" in n for n in trainable) and any(bool(p.abs().max() > 0) for p in adapters)
 
 
 def test_tower_runs_once_per_image_and_labels_share_one_prefill(family_case):

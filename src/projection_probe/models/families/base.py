@@ -147,6 +147,13 @@ class FamilyLanguageModel(nn.Module):
     def get_output_embeddings(self):
         return self.hf_model.get_output_embeddings()
 
+    # What peft's causal-LM wrapper (LoRA) and gradient checkpointing ask of the LM: the family model's own.
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        return self.hf_model.prepare_inputs_for_generation(*args, **kwargs)
+
+    def activation_checkpointing_enable(self, **kwargs):
+        self.hf_model.activation_checkpointing_enable(**kwargs)
+
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
                 past_key_values=None, use_cache=None, labels=None, logits_to_keep=0, **kwargs):
         return self.hf_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
