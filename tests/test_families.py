@@ -348,3 +348,20 @@ def test_plan_sizes_a_family_from_its_config_json(family, tmp_path):
     connector = prefixes(family, "connector")
     expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(connector))
     assert sum(p.numel() for p in meta.parameters() if p.requires_grad) == expected
+
+
+def test_layer_states_cover_every_lm_layer_and_start_from_the_spliced_embeddings(family_case):
+    """The analyses overlay's per-layer pass (`analysis/layers.py`) through the family's own forward."""
+    from projection_probe.analysis.layers import num_hidden_layers
+
+    family, _, _, facade = family_case
+    pixels = facade.vision.preprocess_images(random_images(2, seed=9), "pad")
+    inputs = facade.build_inputs([PROMPT, PROMPT.replace("textures", "surface textures")])
+    with torch.no_grad():
+        x_v = facade.encode_images(pixels)
+        out, moved = facade._lm_forward(inputs, x_v, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        embeds = facade.embed(moved, facade.project(x_v))
+    assert len(out.hidden_states) == num_hidden_layers(facade) + 1
+    assert out.hidden_states[0].shape == embeds.shape
+    if family != "blip-2":  # BLIP-2's OPT adds its learned position embeddings before the first layer
+        assert torch.equal(out.hidden_states[0], embeds)
