@@ -365,3 +365,16 @@ def test_layer_states_cover_every_lm_layer_and_start_from_the_spliced_embeddings
     assert out.hidden_states[0].shape == embeds.shape
     if family != "blip-2":  # BLIP-2's OPT adds its learned position embeddings before the first layer
         assert torch.equal(out.hidden_states[0], embeds)
+
+
+def test_ft_e2e_over_a_family_checkpoint_is_refused_before_training(tmp_path):
+    from projection_probe.models.spec import FacadeSpec
+    from projection_probe.train.finetune import finetune
+
+    make_tiny_family("idefics3", tmp_path / "checkpoint")
+    (tmp_path / "base").mkdir()
+    FacadeSpec(family_checkpoint="../checkpoint").to_json(tmp_path / "base")
+    with pytest.raises(InputError, match="ft-e2e over a model-family checkpoint") as error:
+        finetune(tmp_path / "base", tmp_path / "prompts.jsonl", tmp_path / "cache", tmp_path / "out", "ft-e2e",
+                 lr=1e-3, effective_batch=1, per_device_batch=1)
+    assert str(tmp_path / "base") in str(error.value)
