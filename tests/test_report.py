@@ -366,3 +366,19 @@ def test_several_models_draw_one_panel_each(tmp_path):
     halved = points.set_index(["model", "dataset", "setting"])["probe_mean"]
     assert halved[("b", "toy", "original")] == pytest.approx(halved[("a", "toy", "original")] / 2)
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["table1.rst", "table2.rst", "table3.rst", "figure_richness.rst"])
+def test_captions_name_the_model_column_only_with_several_models(name):
+    from types import SimpleNamespace
+
+    from jinja2 import Environment
+
+    template = Environment(trim_blocks=True, lstrip_blocks=True).from_string(
+        (REPO / "workflow" / "report" / name).read_text())
+
+    def text(models):
+        return template.render(snakemake=SimpleNamespace(config={"seeds": [0], "models": models}))
+
+    assert "several models" not in text({"demo": {}})
+    assert "With several models (3)" in text({"a": {}, "b": {}, "c": {}})
