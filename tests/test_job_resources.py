@@ -141,7 +141,7 @@ def test_paper_dry_run_groups_each_model_on_one_gpu_within_the_caps(paper_dry_ru
     modes = paper["classify"]["modes"]
     for gid, members in model_groups.items():
         assert sorted(j["rule"] for j in members) == sorted(["classify"] * len(modes) + ["extract_features"]), gid
-        assert {"model_{dataset}_{setting}_seed{seed}".format(**j["wildcards"]) for j in members} == {gid}
+        assert {"model_{model}_{dataset}_{setting}_seed{seed}".format(**j["wildcards"]) for j in members} == {gid}
     for gid, members in cpu_groups.items():
         assert sorted(j["rule"] for j in members) == ["train_probe_image_only"] + ["train_probe_post"] * n_settings
         assert {"cpu_{dataset}_seed{seed}".format(**j["wildcards"]) for j in members} == {gid}

@@ -186,7 +186,7 @@ wildcard_constraints:
 # Slurm job: every classify mode and the feature extraction of one trained model, and the CPU probes of
 # one (dataset, seed). A group exists only where the profile's `group-components` names its pattern, so
 # that one profile line turns grouping off (and job arrays on). Locally, Snakemake ignores groups.
-MODEL_GROUP = "model_{dataset}_{setting}_seed{seed}"
+MODEL_GROUP = "model_{model}_{dataset}_{setting}_seed{seed}"
 CPU_GROUP = "cpu_{dataset}_seed{seed}"
 
 
