@@ -15,7 +15,10 @@ set -euo pipefail
 if [ $# -lt 6 ]; then sed -n '2,13p' "$0"; exit 2; fi
 name=$1 ds=$2 setting=$3 lr=$4 batch=$5 epochs=$6 max_examples=${7:-0} threads=${8:-2}
 out=${PP_BENCH_DIR:-/tmp/pp-finetune-learning}/$name
-for f in results/models/base/facade.json results/data/$ds/prompts_seed0.jsonl results/features/$ds/vision.safetensors; do
+# The demo's one model (config/config.yaml `models`): a folder of its results.
+model=$(sed -n '/^models:/{n;s/^  \([A-Za-z0-9_-]*\):.*/\1/p;q}' config/config.yaml)
+for f in results/models/$model/base/facade.json results/data/$ds/prompts_seed0.jsonl \
+    results/features/$model/$ds/vision.safetensors; do
   [ -e "$f" ] || { echo "missing $f: run the demo first (bash scripts/demo.sh)" >&2; exit 1; }
 done
 PATH=$(pwd)/.venv/bin:$PATH
@@ -24,18 +27,19 @@ rm -rf "$out" && mkdir -p "$out"
 # fine-tunes only in what the arguments say.
 read -r template warmup scheduler weight_decay grad_norm cl_batch cl_tokens < <(python -c "
 import yaml; c = yaml.safe_load(open('config/config.yaml')); f = c['finetune']; k = c['classify']
-print(c['model']['template'], f['warmup_ratio'], f['lr_scheduler'], f['weight_decay'], f['max_grad_norm'],
+m = next(iter(c['models'].values()))
+print(m['template'], f['warmup_ratio'], f['lr_scheduler'], f['weight_decay'], f['max_grad_norm'],
       k['batch_size'], k['max_new_tokens'])")
 
 start=$(date +%s)
-projection-probe finetune --base-model results/models/base --prompts results/data/$ds/prompts_seed0.jsonl \
-  --vision-cache results/features/$ds/vision.safetensors --setting "$setting" --lr "$lr" \
+projection-probe finetune --base-model results/models/$model/base --prompts results/data/$ds/prompts_seed0.jsonl \
+  --vision-cache results/features/$model/$ds/vision.safetensors --setting "$setting" --lr "$lr" \
   --effective-batch "$batch" --per-device-batch "$batch" --epochs "$epochs" --warmup-ratio "$warmup" \
   --lr-scheduler "$scheduler" --weight-decay "$weight_decay" --max-grad-norm "$grad_norm" --seed 0 --checkpoint-every-steps 0 --max-examples "$max_examples" \
   --template "$template" --threads "$threads" --out-dir "$out/model" > "$out/finetune.log" 2>&1
 mid=$(date +%s)
 projection-probe classify --model "$out/model" --prompts results/data/$ds/prompts_seed0.jsonl \
-  --vision-cache results/features/$ds/vision.safetensors --classes results/data/$ds/classes.json --mode generate \
+  --vision-cache results/features/$model/$ds/vision.safetensors --classes results/data/$ds/classes.json --mode generate \
   --batch-size "$cl_batch" --max-new-tokens "$cl_tokens" --temperature 0 --seed 0 --device cpu --dtype float32 --threads "$threads" \
   --out "$out/predictions.csv" > "$out/classify.log" 2>&1
 end=$(date +%s)

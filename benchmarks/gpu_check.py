@@ -15,7 +15,7 @@ precision flags of config/paper.yaml:
               setting, about 16 bytes per parameter) if the free memory allows, else bf16 weights
               (`model_dtype: bfloat16`, 8 bytes), else skipped; the JSON says which
   demo        with a CUDA GPU and not --tiny: the CPU demo's workflow with config/longer_finetunes.yaml
-              and config/gpu_demo.yaml (3 seeds, `model.device: auto`), its wall time
+              and config/gpu_demo.yaml (3 seeds, `models.<name>.device: auto`), its wall time
 
 Reported per phase: seconds per step (median after one warm-up step), samples/s, peak GPU memory and
 MFU: model FLOPs (docs/benchmarks.md, "FLOPs per sample") per second over the matmul peak measured in
@@ -49,7 +49,7 @@ from common import REPO_ROOT, machine_info, quiet_progress_bars, set_threads, sy
 
 PAPER_CONFIG = REPO_ROOT / "config" / "paper.yaml"
 GIB = 2 ** 30
-# The GPU demo: the CPU demo's config, the fine-tunes that learn, then 3 seeds and `model.device: auto`.
+# The GPU demo: the CPU demo's config, the fine-tunes that learn, then 3 seeds and `models.<name>.device: auto`.
 DEMO_CONFIGS = ("config.yaml", "longer_finetunes.yaml", "gpu_demo.yaml")
 # --tiny: the same phases at sizes a CPU runs in seconds.
 TINY_SIZES = dict(ft_proj_batch=4, ft_e2e_batch=2, classify_batch=4, feature_batch=4, seq_tokens=96)
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true", help="the tiny random LLaVA instead of the 7B shapes")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="inference weights (the paper config's model.dtype: bfloat16)")
+                   help="inference weights (the paper config's models.<name>.dtype: bfloat16)")
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per fine-tune, after one warm-up step")
     p.add_argument("--seq-tokens", type=int, help="tokens per training example and prompt (default 650; tiny 96)")
     p.add_argument("--ft-e2e", default="auto", choices=["auto", "float32", "bfloat16", "skip"],

@@ -16,7 +16,7 @@ import yaml
 from projection_probe.analysis.control import control_labels
 from projection_probe.analysis.similarity import linear_cka, mutual_knn
 from projection_probe.analysis.stats import bootstrap_ci, claims_table, paired_t_p, sign_flip_p
-from projection_probe.testing.micro import ANALYSES, MICRO_CONFIG, snakemake_command
+from projection_probe.testing.micro import ANALYSES, MICRO_CONFIG, MICRO_MODEL, snakemake_command
 
 from doc_paths import missing_doc_paths
 
@@ -191,23 +191,24 @@ def test_saved_layer_count_is_num_hidden_layers_plus_one_and_layer0_is_pooled_h_
     from projection_probe.io import load_safetensors
 
     workdir = analysis_run
-    llm = Path(yaml.safe_load((workdir / "micro.yaml").read_text())["model"]["language_model"]["path"])
+    llm = Path(yaml.safe_load((workdir / "micro.yaml").read_text())["models"][MICRO_MODEL]["language_model"]["path"])
     n_layers = json.loads((llm / "config.json").read_text())["num_hidden_layers"]
     for setting in ("original", "ft-proj"):
         states, labels, ids = read_layer_file(
-            workdir / "results" / "analysis" / "digits" / setting / "seed0" / "layers_test.safetensors")
+            workdir / "results" / "analysis" / MICRO_MODEL / "digits" / setting / "seed0" / "layers_test.safetensors")
         assert states["image_mean"].shape[0] == states["last_token"].shape[0] == n_layers + 1
         assert len(ids) == len(labels) == 3 * 10
         # Layer 0 is the input embedding sequence, so its mean over image positions is the pooled
         # H_v of the features stage (fp16 storage → loose tolerance).
-        post = load_safetensors(workdir / "results" / "features" / "digits" / setting / "seed0" / "test.safetensors")
+        features = workdir / "results" / "features" / MICRO_MODEL / "digits"
+        post = load_safetensors(features / setting / "seed0" / "test.safetensors")
         assert np.allclose(states["image_mean"][0].numpy(), post["post"].numpy(), atol=2e-2, rtol=1e-2)
 
 
 @slow
 def test_micro_probe_tables_cover_layers_poolings_controls_and_matched(analysis_run):
     workdir = analysis_run
-    probes = pd.read_csv(workdir / "results" / "analysis" / "digits" / "ft-proj" / "seed1" / "probes.csv")
+    probes = pd.read_csv(workdir / "results" / "analysis" / MICRO_MODEL / "digits" / "ft-proj" / "seed1" / "probes.csv")
     lw = probes[probes["analysis"] == "layerwise"]
     assert set(lw["pooling"]) == {"image_mean", "last_token"} and set(lw["task"]) == {"real", "control"}
     matched = probes[probes["analysis"] == "matched"]

@@ -27,7 +27,7 @@ from projection_probe.data.images import load_rgb
 from projection_probe.data.manifest import ManifestRow
 from projection_probe.data.sources import register_source
 from projection_probe.io import save_safetensors, write_json
-from projection_probe.testing.micro import REPO_ROOT, micro_config, snakemake_command
+from projection_probe.testing.micro import MICRO_MODEL, REPO_ROOT, micro_config, snakemake_command
 from projection_probe.testing.tiny import make_tiny_parts
 
 from layout_fixtures import (
@@ -504,10 +504,10 @@ def hostile_dry_run(tmp_path_factory):
     config = micro_config(workdir / "no_models")
     config["datasets"]["digits"]["task"] = HOSTILE
     config["datasets"]["digits"]["classes"][1] = "one's $(touch HACKED) & more"
-    config["model"]["vision"]["path"] = str(workdir / HOSTILE)
+    config["models"][MICRO_MODEL]["vision"]["path"] = str(workdir / HOSTILE)
     llm = workdir / "llm" / HOSTILE  # an input of align_projector, so it must exist for the dry run
     llm.mkdir(parents=True)
-    config["model"]["language_model"]["path"] = str(llm)
+    config["models"][MICRO_MODEL]["language_model"]["path"] = str(llm)
     config["baselines"]["encoder_zero_shot"]["model"] = str(workdir / HOSTILE)
     config["baselines"]["encoder_zero_shot"]["templates"] = ["A photo of {}; " + HOSTILE]
     config["report"]["encoder_name"] = HOSTILE
@@ -544,7 +544,7 @@ def test_free_text_config_values_reach_the_cli_as_single_words(hostile_dry_run):
     assert prepare and prepare[0][prepare[0].index("--task") + 1] == HOSTILE
     assert json.loads(prepare[0][prepare[0].index("--classes-json") + 1]) == digits["classes"]
     assert json.loads(argument(commands, "extract-vision-features", "--vision-json"))["path"] == \
-        config["model"]["vision"]["path"]
+        config["models"][MICRO_MODEL]["vision"]["path"]
     assert argument(commands, "encoder-zero-shot", "--model") == config["baselines"]["encoder_zero_shot"]["model"]
     assert argument(commands, "encoder-zero-shot", "--template") == \
         config["baselines"]["encoder_zero_shot"]["templates"][0]
@@ -552,10 +552,14 @@ def test_free_text_config_values_reach_the_cli_as_single_words(hostile_dry_run):
     assert argument(commands, "make-tables", "--mllm-name") == HOSTILE
 
 
-@pytest.mark.parametrize("subcommand, flag, key", [("finetune", "--optim", ("finetune", "optim")),
-                                                  ("align-projector", "--llm-dir", ("model", "language_model"))])
+@pytest.mark.parametrize("subcommand, flag, key", [
+    ("finetune", "--optim", ("finetune", "optim")),
+    ("align-projector", "--llm-dir", ("models", MICRO_MODEL, "language_model")),
+])
 def test_unquoted_config_values_reach_the_cli_as_single_words(hostile_dry_run, subcommand, flag, key):
     config, commands = hostile_dry_run
-    expected = config[key[0]][key[1]]
+    expected = config
+    for part in key:
+        expected = expected[part]
     expected = expected["path"] if isinstance(expected, dict) else expected
     assert argument(commands, subcommand, flag) == expected

@@ -72,7 +72,7 @@ def test_gpu_demo_stack_gives_learning_fine_tunes_three_seeds_and_auto_device():
         update_config(config, yaml.safe_load((REPO / "config" / overlay).read_text()))
     validate(config, str(SCHEMA))
     longer = yaml.safe_load((REPO / "config" / "longer_finetunes.yaml").read_text())
-    assert config["seeds"] == [0, 1, 2] and config["model"]["device"] == "auto"
+    assert config["seeds"] == [0, 1, 2] and config["models"]["effnet-smollm2"]["device"] == "auto"
     assert config["settings"] == longer["settings"] and config["finetune"]["epochs"] == longer["finetune"]["epochs"]
 
 
@@ -96,7 +96,7 @@ def test_validation_adds_no_keys():
     (("probes", "post", "val_fraction"), 0.9, ["probes", "post", "val_fraction"], "0.9"),
     (("probes", "image_only", "val_fraction"), 0.0, ["probes", "image_only", "val_fraction"], "0.0"),
     (("classify", "batch_size"), 0, ["classify", "batch_size"], "less than the minimum of 1"),
-    (("model", "device"), "gpu", ["model", "device"], "'gpu'"),
+    (("models", "effnet-smollm2", "device"), "gpu", ["models", "effnet-smollm2", "device"], "'gpu'"),
     (("metrics", "f1_classes"), True, ["metrics", "f1_classes"], "True"),
 ], ids=["seeds-string", "val-fraction-high", "val-fraction-zero", "batch-size-zero", "device", "f1-unquoted"])
 def test_wrong_type_or_range_is_rejected_at_its_path(path, value, where, says):
@@ -110,7 +110,7 @@ def test_wrong_type_or_range_is_rejected_at_its_path(path, value, where, says):
 @pytest.mark.parametrize("path, key", [
     (("seedz",), "seedz"),
     (("probes", "post", "lrr"), "lrr"),
-    (("model", "language_model", "gguf_filee"), "gguf_filee"),
+    (("models", "effnet-smollm2", "language_model", "gguf_filee"), "gguf_filee"),
     (("settings", "ft-proj", "learning_rate"), "learning_rate"),
     (("datasets", "digits", "classses"), "classses"),
 ])
@@ -122,11 +122,12 @@ def test_unknown_key_is_rejected_and_named(path, key):
 
 
 @pytest.mark.parametrize("name", ["my data", "it's", 'say"hi', "-leading-dash", "dot.name"])
-@pytest.mark.parametrize("section", ["datasets", "settings"])
-def test_bad_dataset_or_setting_name_is_rejected_and_named(section, name):
+@pytest.mark.parametrize("section", ["models", "datasets", "settings"])
+def test_bad_model_dataset_or_setting_name_is_rejected_and_named(section, name):
+    """A name is a path component of results (and a wildcard value): the schema refuses any other."""
     config = demo_config()
     first = next(iter(config[section]))
-    config[section][name] = config[section].pop(first) if section == "datasets" else {"kind": "ft-proj"}
+    config[section][name] = config[section].pop(first) if section != "settings" else {"kind": "ft-proj"}
     message, error = rejection(config)
     assert error.validator in ("propertyNames", "pattern"), error.validator
     assert repr(name) in message, message

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from projection_probe.io import load_safetensors, read_json
-from projection_probe.testing.micro import ANALYSIS_OVERRIDES, make_micro_workdir
+from projection_probe.testing.micro import ANALYSIS_OVERRIDES, MICRO_MODEL, make_micro_workdir
 
 from conftest import run_workflow
 
@@ -36,9 +36,11 @@ def test_same_seeds_give_byte_identical_results(two_runs):
     assert (a / "metrics/all_runs.csv").read_bytes() == (b / "metrics/all_runs.csv").read_bytes()
     # The per-image files behind it too, and the trained weights, so that equal metrics cannot hide
     # different predictions.
-    for relative in ("models/digits/ft-proj/seed0/projector.safetensors", "models/base/projector.safetensors",
-                     "predictions/digits/ft-proj/generate/seed1.csv", "probes/digits/post/ft-proj/seed1.csv",
-                     "probes/digits/image_only/seed0.csv", "baselines/digits/random/seed0.csv"):
+    for relative in (f"models/{MICRO_MODEL}/digits/ft-proj/seed0/projector.safetensors",
+                     f"models/{MICRO_MODEL}/base/projector.safetensors",
+                     f"predictions/{MICRO_MODEL}/digits/ft-proj/generate/seed1.csv",
+                     f"probes/{MICRO_MODEL}/digits/post/ft-proj/seed1.csv",
+                     f"probes/{MICRO_MODEL}/digits/image_only/seed0.csv", "baselines/digits/random/seed0.csv"):
         assert (a / relative).read_bytes() == (b / relative).read_bytes(), relative
 
 
@@ -50,7 +52,7 @@ def test_different_seeds_give_different_weights_and_probe_results(analysis_run):
     assert any(not torch.equal(seed0[k], seed1[k]) for k in seed0)
 
     # Both start from the same base projector, so the difference comes from the seed, not the start.
-    probes = [read_json(results / f"probes/digits/post/ft-proj/seed{s}.json") for s in (0, 1)]
+    probes = [read_json(results / f"probes/{MICRO_MODEL}/digits/post/ft-proj/seed{s}.json") for s in (0, 1)]
     assert probes[0]["val_loss"] != probes[1]["val_loss"]
-    predictions = [(results / f"probes/digits/post/ft-proj/seed{s}.csv").read_bytes() for s in (0, 1)]
+    predictions = [(results / f"probes/{MICRO_MODEL}/digits/post/ft-proj/seed{s}.csv").read_bytes() for s in (0, 1)]
     assert predictions[0] != predictions[1]

@@ -122,7 +122,7 @@ def test_benchmarks_take_device_and_dtype(tmp_path, monkeypatch):
 
 
 def test_auto_device_is_the_gpu_when_present(monkeypatch):
-    """`model.device: auto` reaches every rule that takes the key; each resolves it the same way,
+    """`models.<name>.device: auto` reaches every rule that takes the key; each resolves it the same way,
     probe training included (it used to pass "auto" to torch.device)."""
     import torch
 

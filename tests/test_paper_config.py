@@ -83,7 +83,8 @@ def test_paper_config_validates_and_pins_the_papers_choices():
         2, "config/accelerate/fsdp_2gpu.yaml")
     assert (REPO / settings["ft-e2e"]["accelerate_config"]).is_file()
     assert config["finetune"]["max_grad_norm"] == 0.0
-    assert (config["model"]["loader"], config["model"]["template"], config["model"]["image_preprocessing"]) == (
+    model = config["models"]["llava15-7b"]
+    assert (model["loader"], model["template"], model["image_preprocessing"]) == (
         "llava_hf", "v1", "pad")
     assert config["classify"]["temperature"] == 0.0 and config["data"]["prompt_output_cue"] is False
     for kind in ("post", "image_only"):
@@ -200,7 +201,7 @@ def e2e_config(tmp: Path) -> dict:
     make_tiny_llava(tmp / "models" / "tiny-llava")
     make_tiny_clip(tmp / "models" / "tiny-clip")
     config["seeds"] = [0]
-    config["model"].update(llava_hf=str(tmp / "models" / "tiny-llava"), device="cpu", dtype="float32")
+    config["models"]["llava15-7b"].update(llava_hf=str(tmp / "models" / "tiny-llava"), device="cpu", dtype="float32")
     for setting in config["settings"].values():
         if setting["kind"] != "none":
             # One process per fine-tune: the 2-process FSDP route of ft-e2e has its own CPU test

@@ -72,7 +72,7 @@ def test_predicted_bytes_equal_the_real_ones(tiny, setting, model_dtype, tmp_pat
 
 def tiny_config(root, base_dir) -> dict:
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    config["model"]["llava_hf"] = str(base_dir)
+    config["models"]["llava15-7b"]["llava_hf"] = str(base_dir)
     for setting in config["settings"].values():
         if setting["kind"] == "ft-lora":
             setting.update(lora_r=4, lora_alpha=8)
@@ -96,7 +96,7 @@ def test_plan_names_every_job_that_does_not_fit(tmp_path, capsys):
     on 2 GPUs with FSDP, and on one GPU it does not, and the plan names those 20 jobs."""
     paper = tmp_path / "paper.yaml"
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    config["model"]["llava_hf"] = str(tmp_path / "not-downloaded")
+    config["models"]["llava15-7b"]["llava_hf"] = str(tmp_path / "not-downloaded")
     paper.write_text(yaml.safe_dump(config))
     one_gpu = tmp_path / "one_gpu.yaml"
     one_gpu.write_text(yaml.safe_dump({"settings": {"ft-e2e": {"num_gpus": 1, "accelerate_config": None}}}))
@@ -138,7 +138,7 @@ def test_plan_bad_input_names_the_file_or_key(tiny, tmp_path, capsys):
     assert main(["plan", "--configfile", str(config_file), "--directory", str(REPO)]) == 2
     assert "finetune.optim 'sgd'" in capsys.readouterr().err
     with pytest.raises(InputError, match="no `settings` key"):
-        config_file.write_text(yaml.safe_dump({"datasets": {}, "model": {}, "seeds": [0]}))
+        config_file.write_text(yaml.safe_dump({"datasets": {}, "models": {}, "seeds": [0]}))
         load_config([config_file])
 
 
@@ -157,13 +157,13 @@ def test_one_gpu_overlays_validate_over_the_paper_config(overlay):
 
 def test_plan_refuses_what_it_cannot_size(tmp_path, capsys):
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    config["model"] = {"loader": "parts"}
+    config["models"] = {"parts-model": {"loader": "parts"}}
     parts = tmp_path / "parts.yaml"
     parts.write_text(yaml.safe_dump(config))
     assert main(["plan", "--configfile", str(parts)]) == 2
-    assert "model.loader 'parts'" in capsys.readouterr().err
+    assert "models parts-model: no loader is llava_hf" in capsys.readouterr().err
     config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    config["model"]["llava_hf"] = str(tmp_path / "not-downloaded")
+    config["models"]["llava15-7b"]["llava_hf"] = str(tmp_path / "not-downloaded")
     config["datasets"]["dtd"]["source"]["kind"] = "sklearn_digits"
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text(yaml.safe_dump(config))

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from projection_probe.testing.micro import MICRO_CONFIG, REPO_ROOT, make_micro_workdir, snakemake_command
+from projection_probe.testing.micro import MICRO_CONFIG, MICRO_MODEL, REPO_ROOT, make_micro_workdir, snakemake_command
 
 from conftest import beside_shared_runs, copy_run
 
@@ -31,9 +31,9 @@ from conftest import beside_shared_runs, copy_run
 # and kept out of the quick `-m "not slow"` selection.
 
 CLI = [sys.executable, "-m", "projection_probe.cli"]
-BASE = "results/models/base"
+BASE = f"results/models/{MICRO_MODEL}/base"
 PROMPTS = "results/data/digits/prompts_seed0.jsonl"
-CACHE = "results/features/digits/vision.safetensors"
+CACHE = f"results/features/{MICRO_MODEL}/digits/vision.safetensors"
 CLASSES = "results/data/digits/classes.json"
 MANIFEST = "results/data/digits/manifest.csv"
 # FT-Proj with one example per optimizer step, so that a run has hundreds of steps and checkpoints
@@ -56,7 +56,8 @@ def workdir(micro_run, tiny_models, tmp_path_factory):
         finetune=SLOW_FINETUNE)
     copy_run(micro_run, wd, BASE, "results/data/digits", CACHE)
     # Nothing upstream of the fine-tune is planned again: the copies are complete and current.
-    planned = subprocess.run(snakemake_command(wd, "-n", "results/models/digits/ft-proj/seed0/facade.json"),
+    target = f"results/models/{MICRO_MODEL}/digits/ft-proj/seed0/facade.json"
+    planned = subprocess.run(snakemake_command(wd, "-n", target),
                              capture_output=True, text=True)
     assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
     assert set(re.findall(r"^(?:local)?rule (\w+):", planned.stdout, flags=re.M)) == {"finetune"}, planned.stdout
@@ -248,8 +249,8 @@ def dry_run_jobs(workdir: Path, target: str, *extra: str) -> subprocess.Complete
 
 @pytest.mark.slow
 def test_kill9_of_snakemake_marks_the_job_incomplete_and_the_local_profile_reruns_it(workdir):
-    target = "results/models/digits/ft-proj/seed0/facade.json"
-    checkpoints = workdir / "results/models/digits/ft-proj/seed0.work/checkpoints"
+    target = f"results/models/{MICRO_MODEL}/digits/ft-proj/seed0/facade.json"
+    checkpoints = workdir / f"results/models/{MICRO_MODEL}/digits/ft-proj/seed0.work/checkpoints"
     log = workdir / "snakemake_killed.log"
     proc = start(snakemake_command(workdir, target), workdir, log)
     kill9_when(proc, lambda: bool(complete_checkpoints(checkpoints)), log, "the finetune job's first checkpoint")

@@ -319,3 +319,66 @@ def test_report_texts_say_over_1_seed_or_n_seeds(name):
     one, three = text([0]), text([0, 1, 2])
     assert re.search(r"over 1 (probe )?seed\b(?!s)", one) and "1seed" not in one, one
     assert re.search(r"over 3 (probe )?seeds\b", three), three
+
+
+def two_model_runs() -> pd.DataFrame:
+    """The synthetic study twice: model "b" has every probe F1 halved."""
+    one = synthetic_runs()
+    other = one.assign(value=one["value"].where(one["method"] != "probe_post", one["value"] / 2))
+    return pd.concat([one.assign(model="a"), other.assign(model="b")], ignore_index=True)[
+        ["model", *one.columns]]
+
+
+def test_several_models_give_each_table_a_model_column_with_each_models_own_rows(tmp_path):
+    one = {n: pd.read_csv(p) for n, p in zip((1, 2, 3), sorted(
+        p for p in make_tables(synthetic_runs(), tmp_path / "one") if p.suffix == ".csv"))}
+    two = {n: pd.read_csv(p) for n, p in zip((1, 2, 3), sorted(
+        p for p in make_tables(two_model_runs(), tmp_path / "two") if p.suffix == ".csv"))}
+    for n in (1, 2, 3):
+        assert "model" not in one[n].columns
+        assert list(two[n].columns) == ["model", *one[n].columns]
+        # Model "a" is the one-model study itself, row for row.
+        pd.testing.assert_frame_equal(two[n][two[n]["model"] == "a"].drop(columns="model").reset_index(drop=True),
+                                      one[n], check_dtype=False)
+    b = two[2][(two[2]["model"] == "b") & (two[2]["setting"] == "original")].iloc[0]
+    assert b["probe_macro_f1_mean"] == pytest.approx(0.10004 / 2)
+    md = (tmp_path / "two" / "table2.md").read_text()
+    assert md.count("| a ") >= 2 and md.count("| b ") >= 2 and "Model" in md
+
+
+def test_aggregate_keeps_each_runs_model_and_refuses_a_list_that_names_it_for_some_runs_only(tmp_path):
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"task": "animals", "classes": ["cat", "dog"]}))
+    write_predictions(tmp_path / "p.csv", ["cat", "dog"], ["cat", "cat"])
+    run = {"dataset": "toy", "setting": "original", "seed": 0, "method": "mllm", "predictions": str(tmp_path / "p.csv"),
+           "classes": str(classes)}
+    frame = collect_runs([{**run, "model": "a"}, {**run, "model": "b"}])
+    assert list(frame.columns) == ["model", "dataset", "setting", "seed", "method", "metric", "value"]
+    frame.to_csv(tmp_path / "all_runs.csv", index=False)
+    assert sorted(set(read_all_runs(tmp_path / "all_runs.csv")["model"])) == ["a", "b"]
+    with pytest.raises(InputError, match="other runs name their 'model'"):
+        collect_runs([{**run, "model": "a"}, run])
+
+
+def test_several_models_draw_one_panel_each(tmp_path):
+    points = plot_richness(two_model_runs(), tmp_path / "f.png", tmp_path / "f.pdf")
+    assert list(points.columns)[0] == "model" and sorted(set(points["model"])) == ["a", "b"]
+    halved = points.set_index(["model", "dataset", "setting"])["probe_mean"]
+    assert halved[("b", "toy", "original")] == pytest.approx(halved[("a", "toy", "original")] / 2)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["table1.rst", "table2.rst", "table3.rst", "figure_richness.rst"])
+def test_captions_name_the_model_column_only_with_several_models(name):
+    from types import SimpleNamespace
+
+    from jinja2 import Environment
+
+    template = Environment(trim_blocks=True, lstrip_blocks=True).from_string(
+        (REPO / "workflow" / "report" / name).read_text())
+
+    def text(models):
+        return template.render(snakemake=SimpleNamespace(config={"seeds": [0], "models": models}))
+
+    assert "several models" not in text({"demo": {}})
+    assert "With several models (3)" in text({"a": {}, "b": {}, "c": {}})

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from test_config_kinds import schema_keys
 
-from projection_probe.testing.micro import snakemake_command
+from projection_probe.testing.micro import MICRO_MODEL, snakemake_command
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,10 @@ def setting(name, **keys):
     return {"settings": {name: keys}}
 
 
+def model(**keys):
+    return {"models": {MICRO_MODEL: keys}}
+
+
 def probe(kind, **keys):
     return {"probes": {kind: keys}}
 
@@ -70,7 +74,7 @@ OPERATIONAL_OVERLAY = {
 UNUSED_OVERLAY = {
     "datasets": {"fashion": {"paper_name": "Clothing", "download": {"url": "https://example.org/x.tgz",
                                                                      "sha256": "0" * 64}}},
-    "model": {"llava_hf": "/nowhere/llava", "language_model": {"gguf_package": "llm_other", "gguf_file": "other.gguf"}},
+    **model(llava_hf="/nowhere/llava", language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
     "analyses": {"layerwise": {"enabled": False, "poolings": ["last_token"], "storage_dtype": "float32",
                                "mlp": True},
                  "linear_probe": {"C": 2.0, "max_iter": 50}, "matched_probes": {"enabled": False, "mlp": False},
@@ -82,15 +86,19 @@ NOTHING_KEYS = {
                     "finetune.checkpoint_every_steps", "resources.threads", "resources.align_threads",
                     "baselines.encoder_zero_shot.batch_size", "analyses.layerwise.batch_size"],
     # The micro datasets have no `source.root`, so no download rule; the parts loader reads neither
-    # model.llava_hf nor the GGUF names of a `source: path` language model; analyses are off.
+    # models.<name>.llava_hf nor the GGUF names of a `source: path` language model; analyses are off.
     "UNUSED": ["datasets.<name>.paper_name", "datasets.<name>.download.url", "datasets.<name>.download.sha256",
-               "model.llava_hf", "model.language_model.gguf_package", "model.language_model.gguf_file",
+               "models.<name>.llava_hf", "models.<name>.language_model.gguf_package",
+               "models.<name>.language_model.gguf_file",
                "analyses.layerwise.enabled", "analyses.layerwise.poolings", "analyses.layerwise.storage_dtype",
                "analyses.layerwise.mlp", "analyses.linear_probe.C", "analyses.linear_probe.max_iter",
                "analyses.matched_probes.enabled", "analyses.matched_probes.mlp", "analyses.control_tasks",
                "analyses.similarity.enabled", "analyses.similarity.knn_k", "analyses.bootstrap",
                "analyses.permutations", "analyses.confidence"],
 }
+
+# Not a key but a new name under `models`: the axis grows by one model.
+NEW_MODEL = "models.<a new name>"
 
 PROBE_CHANGES = {"feature": {"post": "pre", "image_only": "pre"}, "hidden": [24], "lr": 2.0e-3, "batch_size": 8,
                  "max_epochs": 9, "patience": 2, "val_fraction": 0.25, "val_source": "test", "standardize": True,
@@ -115,23 +123,26 @@ ROWS = [
     Row("data.exif_transpose", {"data": {"exif_transpose": True}}, VISION),
     # The prompts feed training and classification, not the features of the base model.
     Row("data.prompt_output_cue", {"data": {"prompt_output_cue": True}}, {"build_prompts"} | TRAINED),
-    Row("model.loader", {"model": {"loader": "llava_hf", "llava_hf": "/nowhere/llava"}},
+    Row("models.<name>.loader", model(loader="llava_hf", llava_hf="/nowhere/llava"),
         {"build_base_model"} | VISION - {"align_projector"}),
-    *[Row(f"model.vision.{k}", {"model": {"vision": {k: v}}}, VISION)
+    *[Row(f"models.<name>.vision.{k}", model(vision={k: v}), VISION)
       for k, v in {"kind": "efficientnet_lite0", "path": "/elsewhere/vision", "feature_layer": -1,
                    "select_strategy": "full", "grid": 3}.items()],
-    Row("model.language_model.source", {"model": {"language_model": {"source": "gguf"}}}, {"convert_llm"} | BASE_MODEL),
+    Row("models.<name>.language_model.source", model(language_model={"source": "gguf"}), {"convert_llm"} | BASE_MODEL),
     # Another folder that exists (the run's vision tower): a dry run does not look at the inputs of a
     # job it has no reason to run, so a missing folder would plan nothing.
-    Row("model.language_model.path",
-        lambda base: {"model": {"language_model": {"path": base["model"]["vision"]["path"]}}}, BASE_MODEL),
-    Row("model.projector", {"model": {"projector": "linear"}}, BASE_MODEL),
-    Row("model.template", {"model": {"template": "chatml"}}, BASE_MODEL),
-    Row("model.image_preprocessing", {"model": {"image_preprocessing": "square"}}, VISION),
-    Row("model.dtype", {"model": {"dtype": "bfloat16"}}, {"classify"} | REPORT),
-    Row("model.device", {"model": {"device": "auto"}},
-        VISION | {"encoder_zero_shot"}),
-    Row("model.trust_remote_code", {"model": {"trust_remote_code": True}}, TRAINED),
+    Row("models.<name>.language_model.path",
+        lambda base: model(language_model={"path": base["models"][MICRO_MODEL]["vision"]["path"]}), BASE_MODEL),
+    Row("models.<name>.projector", model(projector="linear"), BASE_MODEL),
+    Row("models.<name>.template", model(template="chatml"), BASE_MODEL),
+    Row("models.<name>.image_preprocessing", model(image_preprocessing="square"), VISION),
+    Row("models.<name>.dtype", model(dtype="bfloat16"), {"classify"} | REPORT),
+    Row("models.<name>.device", model(device="auto"), VISION | {"encoder_zero_shot"}),
+    Row("models.<name>.trust_remote_code", model(trust_remote_code=True), TRAINED),
+    # A second model on the same frozen parts: its own base model and what follows from it, nothing
+    # of the first model's, and neither X_v nor the image-only probe again (it reads the first one's).
+    Row(NEW_MODEL, lambda base: {"models": {"second": {**base["models"][MICRO_MODEL], "projector": "resampler"}}},
+        {"align_projector"} | TRAINED, {"model": "second"}),
     *[Row(f"align.{k}", {"align": {k: v}}, BASE_MODEL)
       for k, v in {"datasets": ["digits", "fashion"], "caption_source": "imagenet_top1", "template": "v1",
                    "lr": 2.0e-3, "epochs": 2, "effective_batch": 16, "per_device_batch": 4,
@@ -224,7 +235,7 @@ def table(micro_run, tmp_path_factory):
 
 
 def test_the_table_covers_every_schema_key():
-    covered = [row.key for row in ROWS] + [k for keys in NOTHING_KEYS.values() for k in keys]
+    covered = [row.key for row in ROWS if row.key != NEW_MODEL] + [k for keys in NOTHING_KEYS.values() for k in keys]
     assert len(covered) == len(set(covered)), sorted(k for k in covered if covered.count(k) > 1)
     keys = schema_keys()
     assert set(covered) == set(keys), (f"not in the table: {sorted(set(keys) - set(covered))}; "

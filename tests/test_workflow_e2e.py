@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sklearn.metrics import f1_score
 
-from projection_probe.testing.micro import snakemake_command
+from projection_probe.testing.micro import MICRO_MODEL, snakemake_command
 
 from doc_paths import missing_doc_paths
 
@@ -64,6 +64,8 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
     table3 = pd.read_csv(results / "tables" / "table3.csv")
     seeds = [0, 1]
 
+    predictions, probes = f"predictions/{MICRO_MODEL}", f"probes/{MICRO_MODEL}"
+
     def files(pattern):
         return [results / pattern.format(seed=s) for s in seeds]
 
@@ -76,7 +78,7 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
             paths = [results / f"baselines/{d}/encoder_zero_shot.csv"] * 2
         else:
             mode = "generate" if method == "mllm" else method.split("-", 1)[1]
-            paths = files(f"predictions/{d}/{setting}/{mode}/seed{{seed}}.csv")
+            paths = files(f"{predictions}/{d}/{setting}/{mode}/seed{{seed}}.csv")
         f1s, accs = zip(*(independent_metrics(p) for p in paths))
         assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
         assert row["macro_f1_std"] == pytest.approx(mean_std(f1s)[1], abs=1e-9)
@@ -84,9 +86,9 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
         checked += 1
     for _, row in table2.iterrows():
         d, setting = row["dataset"], row["setting"]
-        probe = [independent_metrics(p)[0] for p in files(f"probes/{d}/post/{setting}/seed{{seed}}.csv")]
-        mllm = [independent_metrics(p)[0] for p in files(f"predictions/{d}/{setting}/generate/seed{{seed}}.csv")]
-        original = [independent_metrics(p)[0] for p in files(f"probes/{d}/post/original/seed{{seed}}.csv")]
+        probe = [independent_metrics(p)[0] for p in files(f"{probes}/{d}/post/{setting}/seed{{seed}}.csv")]
+        mllm = [independent_metrics(p)[0] for p in files(f"{predictions}/{d}/{setting}/generate/seed{{seed}}.csv")]
+        original = [independent_metrics(p)[0] for p in files(f"{probes}/{d}/post/original/seed{{seed}}.csv")]
         assert row["probe_macro_f1_mean"] == pytest.approx(mean_std(probe)[0], abs=1e-9)
         assert row["mllm_macro_f1_mean"] == pytest.approx(mean_std(mllm)[0], abs=1e-9)
         expected_change = (np.mean(probe) - np.mean(original)) / np.mean(original) * 100
@@ -94,7 +96,7 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
         checked += 1
     for _, row in table3.iterrows():
         f1s, accs = zip(*(independent_metrics(p)
-                          for p in files(f"probes/{row['dataset']}/image_only/seed{{seed}}.csv")))
+                          for p in files(f"{probes}/{row['dataset']}/image_only/seed{{seed}}.csv")))
         assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
         assert row["accuracy_mean"] == pytest.approx(mean_std(accs)[0], abs=1e-9)
         checked += 1
@@ -155,9 +157,9 @@ def test_cpu_benchmarks_run_on_the_workflow_outputs(micro_run, tmp_path):
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks"
     data = "results/data/digits"
-    classify = run([sys.executable, str(bench / "bench_classify.py"), "--model", "results/models/base",
+    classify = run([sys.executable, str(bench / "bench_classify.py"), "--model", f"results/models/{MICRO_MODEL}/base",
                     "--prompts", f"{data}/prompts_seed0.jsonl",
-                    "--vision-cache", "results/features/digits/vision.safetensors",
+                    "--vision-cache", f"results/features/{MICRO_MODEL}/digits/vision.safetensors",
                     "--classes", f"{data}/classes.json", "--n-images", "4", "--batch-size", "2", "--threads", "1",
                     "--free-max-new-tokens", "4", "--out-json", str(tmp_path / "classify.json"),
                     "--markdown", str(tmp_path / "classify.md")], cwd=micro_run)
@@ -171,7 +173,7 @@ def test_cpu_benchmarks_run_on_the_workflow_outputs(micro_run, tmp_path):
     assert summary["results"]["likelihood"]["invalid_rate"] == 0
     assert "prefill only (ceiling)" in (tmp_path / "classify.md").read_text()
 
-    extract = run([sys.executable, str(bench / "bench_extract.py"), "--model", "results/models/base",
+    extract = run([sys.executable, str(bench / "bench_extract.py"), "--model", f"results/models/{MICRO_MODEL}/base",
                    "--manifest", f"{data}/manifest.csv", "--n-images", "4", "--batch-size", "2", "--threads", "1",
                    "--out-json", str(tmp_path / "extract.json")], cwd=micro_run)
     assert extract.returncode == 0, extract.stdout[-2000:] + extract.stderr[-2000:]

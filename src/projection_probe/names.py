@@ -21,9 +21,9 @@ MODES = ("generate", "constrained", "likelihood")
 PARSERS = ("substring", "exact")
 SEVERAL_CLASSES = ("invalid", "first")
 
-# Conversation templates (`models.templates`) and projector kinds (`models.projector`).
+# Conversation templates (`models.templates`) and projector (connector) kinds (`models.projector`).
 TEMPLATES = ("v1", "plain", "llava_hf", "chatml")
-PROJECTOR_KINDS = ("mlp2x_gelu", "linear")
+PROJECTOR_KINDS = ("mlp2x_gelu", "linear", "resampler")
 IMAGE_PREPROCESSINGS = ("pad", "square")
 
 # The per-layer poolings of the analyses' hidden states (`analysis.layers`).

@@ -1,9 +1,9 @@
 # Beyond the paper: where in the MLLM the domain knowledge lives. Optional: nothing here is
 # requested unless `analyses.enabled` is true. Library: projection_probe.analysis; docs/analysis.md.
 #
-# extract_layer_features (dataset, setting, seed)   runs the MLLM once per image: per-layer states
-# analysis_probe          (dataset, setting, seed)   layer-wise + matched pre/post probes, control tasks
-# analysis_similarity     (dataset, seed)            CKA / mutual k-NN between settings and pre vs post
+# extract_layer_features (model, dataset, setting, seed)   runs the MLLM once per image: per-layer states
+# analysis_probe          (model, dataset, setting, seed)   layer-wise + matched pre/post probes, control tasks
+# analysis_similarity     (model, dataset, seed)          CKA / mutual k-NN between settings and pre vs post
 # analysis_{layerwise,matched,selectivity,similarity}_report, analysis_claims: tables + figures
 
 
@@ -20,12 +20,12 @@ rule extract_layer_features:
         cache=setting_vision_cache,
         classes=rules.prepare_dataset.output.classes,
     output:
-        train=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_train.safetensors",
-        test=f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/layers_test.safetensors",
+        train=f"{ANALYSIS}/{{model}}/{{dataset}}/{{setting}}/seed{{seed}}/layers_train.safetensors",
+        test=f"{ANALYSIS}/{{model}}/{{dataset}}/{{setting}}/seed{{seed}}/layers_test.safetensors",
     log:
-        log_path("extract_layer_features", "{dataset}", "{setting}", "seed{seed}"),
+        log_path("extract_layer_features", "{model}", "{dataset}", "{setting}", "seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/analysis/extract_layer_features_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/analysis/extract_layer_features_{{model}}_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -33,9 +33,9 @@ rule extract_layer_features:
         **ONE_GPU,
     params:
         storage_dtype=LAYERWISE["storage_dtype"],
-        device=DEVICE,
-        dtype=DTYPE,
-        remote_code=remote_code_flag(),
+        device=lambda wc: model_device(wc.model),
+        dtype=lambda wc: model_dtype(wc.model),
+        remote_code=lambda wc: remote_code_flag(wc.model),
     shell:
         "projection-probe extract-layer-features --model $(dirname {input.model}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --classes {input.classes} --batch-size {OPERATIONAL.layer_batch_size}"
@@ -47,11 +47,11 @@ rule analysis_probe:
     input:
         unpack(analysis_probe_inputs),
     output:
-        f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv",
+        f"{ANALYSIS}/{{model}}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv",
     log:
-        log_path("analysis_probe", "{dataset}", "{setting}", "seed{seed}"),
+        log_path("analysis_probe", "{model}", "{dataset}", "{setting}", "seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/analysis/analysis_probe_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/analysis/analysis_probe_{{model}}_{{dataset}}_{{setting}}_seed{{seed}}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS
@@ -64,7 +64,7 @@ rule analysis_probe:
         layer_mlp="--layer-mlp" if LAYERWISE["mlp"] else "",
         matched_mlp="--matched-mlp" if MATCHED_PROBES["mlp"] else "--no-matched-mlp",
         controls="--controls" if CONTROL_TASKS else "--no-controls",
-        device=DEVICE,
+        device=lambda wc: model_device(wc.model),
     shell:
         "projection-probe analysis-probe --dataset {wildcards.dataset} --setting {wildcards.setting}"
         " --seed {wildcards.seed} --classes {input.classes} {params.files} --poolings {params.poolings}"
@@ -77,11 +77,11 @@ rule analysis_similarity:
     input:
         unpack(analysis_similarity_inputs),
     output:
-        f"{ANALYSIS}/{{dataset}}/seed{{seed}}/similarity.csv",
+        f"{ANALYSIS}/{{model}}/{{dataset}}/seed{{seed}}/similarity.csv",
     log:
-        log_path("analysis_similarity", "{dataset}", "seed{seed}"),
+        log_path("analysis_similarity", "{model}", "{dataset}", "seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/analysis/analysis_similarity_{{dataset}}_seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/analysis/analysis_similarity_{{model}}_{{dataset}}_seed{{seed}}.tsv"
     conda:
         CONDA_ENV
     threads: THREADS

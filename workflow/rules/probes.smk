@@ -7,10 +7,10 @@ rule train_probe_post:
         test=rules.extract_features.output.test,
         classes=rules.prepare_dataset.output.classes,
     output:
-        predictions=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.csv",
-        summary=f"{RESULTS}/probes/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
+        predictions=f"{RESULTS}/probes/{{model}}/{{dataset}}/post/{{setting}}/seed{{seed}}.csv",
+        summary=f"{RESULTS}/probes/{{model}}/{{dataset}}/post/{{setting}}/seed{{seed}}.json",
     log:
-        log_path("train_probe_post", "{dataset}", "{setting}", "seed{seed}"),
+        log_path("train_probe_post", "{model}", "{dataset}", "{setting}", "seed{seed}"),
     group:
         slurm_group(CPU_GROUP)
     conda:
@@ -19,7 +19,7 @@ rule train_probe_post:
     params:
         args=probe_args("post"),
         feature=config_value("probes.post.feature", "post"),
-        device=DEVICE,
+        device=lambda wc: model_device(wc.model),
         f1_classes=config_value("metrics.f1_classes", "true"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"
@@ -30,15 +30,16 @@ rule train_probe_post:
 
 rule train_probe_image_only:
     input:
-        # Pre-projection vectors do not depend on the setting (the vision tower is frozen throughout).
-        train=f"{RESULTS}/features/{{dataset}}/original/seed{{seed}}/train.safetensors",
-        test=f"{RESULTS}/features/{{dataset}}/original/seed{{seed}}/test.safetensors",
+        # Pre-projection vectors do not depend on the setting (the vision tower is frozen throughout), nor
+        # on the model beyond its tower: the models of one tower share this probe (`vision_owner`).
+        train=f"{RESULTS}/features/{{model}}/{{dataset}}/original/seed{{seed}}/train.safetensors",
+        test=f"{RESULTS}/features/{{model}}/{{dataset}}/original/seed{{seed}}/test.safetensors",
         classes=rules.prepare_dataset.output.classes,
     output:
-        predictions=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.csv",
-        summary=f"{RESULTS}/probes/{{dataset}}/image_only/seed{{seed}}.json",
+        predictions=f"{RESULTS}/probes/{{model}}/{{dataset}}/image_only/seed{{seed}}.csv",
+        summary=f"{RESULTS}/probes/{{model}}/{{dataset}}/image_only/seed{{seed}}.json",
     log:
-        log_path("train_probe_image_only", "{dataset}", "seed{seed}"),
+        log_path("train_probe_image_only", "{model}", "{dataset}", "seed{seed}"),
     group:
         slurm_group(CPU_GROUP)
     conda:
@@ -47,7 +48,7 @@ rule train_probe_image_only:
     params:
         args=probe_args("image_only"),
         feature=config_value("probes.image_only.feature", "pooled"),
-        device=DEVICE,
+        device=lambda wc: model_device(wc.model),
         f1_classes=config_value("metrics.f1_classes", "true"),
     shell:
         "projection-probe train-probe --train {input.train} --test {input.test} --classes {input.classes}"

@@ -3,7 +3,7 @@
 Every number in the report's tables is computed here from a predictions CSV, so this module stays
 pure: pandas, numpy and scikit-learn only, no torch.
 
-Predictions CSV (``results/predictions/{dataset}/{setting}/seed{seed}.csv``): columns
+Predictions CSV (``results/predictions/{model}/{dataset}/{setting}/seed{seed}.csv``): columns
 ``image_path,label,raw,parsed,valid,mode``; ``parsed`` is empty exactly when ``valid`` is False.
 """
 from __future__ import annotations

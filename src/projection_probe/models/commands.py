@@ -18,9 +18,9 @@ def run_build_base_model(args) -> None:
 
     checkpoint = Path(args.llava_hf)
     if not (checkpoint / "config.json").exists():
-        raise InputError(f"model.llava_hf = {args.llava_hf}: no config.json there. Download the checkpoint "
+        raise InputError(f"models.<name>.llava_hf = {args.llava_hf}: no config.json there. Download the checkpoint "
                          f"(e.g. `huggingface-cli download llava-hf/llava-1.5-7b-hf --local-dir {args.llava_hf}`) "
-                         f"on a machine with internet, or point model.llava_hf at a local folder")
+                         f"on a machine with internet, or point models.<name>.llava_hf at a local folder")
     FacadeSpec(llava_hf=str(checkpoint.resolve()), template=args.template,
                image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
 

@@ -13,7 +13,7 @@ import torch
 
 from projection_probe.io import InputError, load_safetensors, read_json
 from projection_probe.models.facade import MultimodalLM
-from projection_probe.models.projector import MLP2xGeluProjector, build_projector
+from projection_probe.models.projector import MLP2xGeluProjector, build_projector, projected_tokens
 from projection_probe.models.spec import FacadeSpec
 from projection_probe.models.templates import IMAGE_PLACEHOLDER
 from projection_probe.models.vision import CLIP_MEAN, CLIP_STD, ClipVisionEncoder, EfficientNetLiteEncoder
@@ -265,7 +265,7 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
             image_token_id = LlavaConfig.from_pretrained(llava_path).image_token_id
         facade = MultimodalLM(vision, projector, language_model, tokenizer, template=template,
                               image_token_id=image_token_id, image_preprocessing=preprocessing,
-                              num_image_tokens=vision.num_patches)
+                              num_image_tokens=projected_tokens(projector, vision.num_patches))
     if projector_spec.get("weights"):
         state = load_safetensors(projector_spec["weights"])
         missing, unexpected = facade.projector.load_state_dict(state, strict=False)

@@ -20,7 +20,7 @@ from projection_probe.hyperparams import FinetuneHyperparams, FinetuneLaunch, Lo
 from projection_probe.io import InputError, read_json
 
 GB = 1e9
-# LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf) shapes, used when model.llava_hf has no config.json yet.
+# LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf) shapes, used when models.<name>.llava_hf has no config.json yet.
 LLAVA_15_7B = {
     "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "num_hidden_layers": 24,
                       "num_attention_heads": 16, "intermediate_size": 4096, "image_size": 336, "patch_size": 14,
@@ -51,7 +51,7 @@ ASSUMPTIONS = [
     "token per vocabulary entry).",
     f"Tokens per example: the image tokens plus the prompt's characters / {CHARS_PER_TOKEN} "
     f"({PROMPT_OVERHEAD_CHARS} characters of template and instruction plus the class list).",
-    "Inference (classify): weights in model.dtype plus a KV cache of batch x (prompt + max_new_tokens) "
+    "Inference (classify): weights in models.<name>.dtype plus a KV cache of batch x (prompt + max_new_tokens) "
     "tokens (`auto`: the longest class's characters / 3.5 + 5); `likelihood` adds one copy of an image's "
     "prompt cache per (image, class) pair of a chunk (`classify.label_chunk_size`).",
     f"Every device adds {OVERHEAD_BYTES / GB:.0f} GB for the CUDA context, workspaces and allocator slack.",
@@ -82,7 +82,7 @@ def load_config(paths: list[str | Path]) -> dict:
         if not isinstance(data, dict):
             raise InputError(f"{path}: not a YAML mapping")
         config = merge(config, data)
-    for key in ("datasets", "settings", "model", "seeds"):
+    for key in ("datasets", "settings", "models", "seeds"):
         if key not in config:
             raise InputError(f"{', '.join(map(str, paths))}: no `{key}` key")
     return config
@@ -116,12 +116,21 @@ def distributed_kind(options: dict, config_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------------------- the model, on meta
+def planned_model(config: dict) -> dict:
+    """The block of the config's one llava_hf model (`models.<name>`), the one that plan sizes."""
+    llava = [name for name, model in config["models"].items() if (model or {}).get("loader") == "llava_hf"]
+    if not llava:
+        raise InputError(f"models {', '.join(config['models'])}: no loader is llava_hf; plan sizes llava_hf models "
+                         "(the paper's); the demo's parts models fit any machine")
+    if len(llava) > 1:
+        raise InputError(f"models {', '.join(llava)}: plan sizes one llava_hf model at a time; give it a config "
+                         "whose `models` names one of them")
+    return config["models"][llava[0]]
+
+
 def llava_config(config: dict) -> tuple[dict, str]:
     """The llava-hf config.json as a dict, and where it came from."""
-    model = config["model"]
-    if model.get("loader") != "llava_hf":
-        raise InputError(f"model.loader {model.get('loader')!r}: plan sizes llava_hf models (the paper's); "
-                         "the demo's parts models fit any machine")
+    model = planned_model(config)
     path = Path(model["llava_hf"]) / "config.json"
     if path.is_file():
         return read_json(path), str(path)
@@ -298,7 +307,7 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
     results, config_dir = Path(results), Path(config_dir)
     llava_json, model_source = llava_config(config)
     infer_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
-        config["model"].get("dtype", "float32")]
+        planned_model(config).get("dtype", "float32")]
     infer_bytes = torch.tensor([], dtype=infer_dtype).element_size()
     inference = meta_facade(llava_json, infer_dtype)
     # The shapes as transformers completes them (a config.json may leave keys at the class defaults).
@@ -314,7 +323,7 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
     datasets = {name: dataset_images(config, name, results) for name in config["datasets"]}
     seeds = list(config["seeds"])
     cli_defaults = finetune_cli_defaults()
-    default_pre = config["model"].get("image_preprocessing", "pad")
+    default_pre = planned_model(config).get("image_preprocessing", "pad")
     caches, jobs, settings = {}, [], []
     cache_per_image = (patches * width + width) * 2  # float16 X_v and pooled vector
     for name, (images, _) in datasets.items():

@@ -8,8 +8,11 @@ A run is described by a dict with exactly these keys (``aggregate --runs`` takes
 as the workflow's `aggregate` rule passes it; ``--runs-json`` reads the same list from a file)::
 
     {"dataset": "dtd", "setting": "ft-proj", "seed": 0, "method": "mllm",
-     "predictions": "results/predictions/dtd/ft-proj/generate/seed0.csv",
+     "predictions": "results/predictions/llava15-7b/dtd/ft-proj/generate/seed0.csv",
      "classes": "results/data/dtd/classes.json"}
+
+A study of more than one model adds ``"model": "<name>"`` to every run; ``all_runs.csv`` then starts
+with a ``model`` column, and the tables and the figure show one block per model.
 
 ``method`` is one of :data:`METHODS`. Methods that do not depend on a fine-tuning setting (random,
 encoder zero-shot, image-only probe) use ``setting: "-"``; ``mllm`` and ``probe_post`` name their
@@ -35,6 +38,8 @@ METRICS = ("macro_f1", "accuracy", "invalid_rate")
 RUN_KEYS = ("dataset", "setting", "seed", "method", "predictions", "classes")
 ALL_RUNS_COLUMNS = ["dataset", "setting", "seed", "method", "metric", "value"]
 ID_COLUMNS = ["dataset", "setting", "seed", "method"]
+# The optional leading key and column of a study of several models.
+MODEL_COLUMN = "model"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -43,9 +48,10 @@ def validate_entry(entry, where: str) -> dict:
     if not isinstance(entry, dict):
         raise InputError(f"{where}: expected an object with keys {list(RUN_KEYS)}, got {type(entry).__name__}")
     missing = [k for k in RUN_KEYS if k not in entry]
-    extra = [k for k in entry if k not in RUN_KEYS]
+    extra = [k for k in entry if k not in RUN_KEYS and k != MODEL_COLUMN]
     if missing or extra:
-        raise InputError(f"{where}: keys must be exactly {list(RUN_KEYS)} (missing {missing}, unexpected {extra})")
+        raise InputError(f"{where}: keys must be exactly {list(RUN_KEYS)}, and optionally {MODEL_COLUMN!r} "
+                         f"(missing {missing}, unexpected {extra})")
     out = dict(entry)
     _check_id_fields(out, where)
     for key in ("predictions", "classes"):
@@ -58,8 +64,9 @@ def _check_id_fields(row: dict, where: str) -> None:
     method, setting = row["method"], row["setting"]
     if method not in METHODS and method not in EXTRA_MODE_METHODS:
         raise InputError(f"{where}: method {method!r} unknown; use one of {list(METHODS + EXTRA_MODE_METHODS)}")
-    if not isinstance(row["dataset"], str) or not _NAME.match(row["dataset"]):
-        raise InputError(f"{where}: dataset {row['dataset']!r} must be a plain name (letters, digits, _.+-)")
+    for key in ("dataset", MODEL_COLUMN) if MODEL_COLUMN in row else ("dataset",):
+        if not isinstance(row[key], str) or not _NAME.match(row[key]):
+            raise InputError(f"{where}: {key} {row[key]!r} must be a plain name (letters, digits, _.+-)")
     if method in METHODS_WITHOUT_SETTING:
         if setting != NO_SETTING:
             raise InputError(f"{where}: method {method!r} does not depend on a fine-tuning setting; "
@@ -95,14 +102,18 @@ def collect_runs(entries: list[dict], f1_classes: str = "true") -> pd.DataFrame:
     from projection_probe.evaluate.metrics import metrics_from_predictions_csv
 
     # Check every description (and duplicates) before reading any file, so a bad run list fails fast.
+    with_model = any(MODEL_COLUMN in e for e in entries if isinstance(e, dict))
+    id_columns = [MODEL_COLUMN, *ID_COLUMNS] if with_model else ID_COLUMNS
     seen: dict[tuple, int] = {}
     checked = []
     for i, raw in enumerate(entries):
         entry = validate_entry(raw, f"run {i}")
-        key = tuple(entry[k] for k in ID_COLUMNS)
+        if with_model and MODEL_COLUMN not in entry:
+            raise InputError(f"run {i}: other runs name their {MODEL_COLUMN!r}, this one does not")
+        key = tuple(entry[k] for k in id_columns)
         if key in seen:
-            raise InputError(f"run {i} ({dict(zip(ID_COLUMNS, key))}) duplicates run {seen[key]}; "
-                             f"each dataset/setting/seed/method must appear once")
+            raise InputError(f"run {i} ({dict(zip(id_columns, key))}) duplicates run {seen[key]}; "
+                             f"each {'/'.join(id_columns)} must appear once")
         seen[key] = i
         checked.append((i, key, entry))
 
@@ -111,14 +122,14 @@ def collect_runs(entries: list[dict], f1_classes: str = "true") -> pd.DataFrame:
     for i, key, entry in checked:
         if not Path(entry["predictions"]).exists():
             raise InputError(f"{entry['predictions']}: predictions file not found "
-                             f"(run {i}, {dict(zip(ID_COLUMNS, key))})")
+                             f"(run {i}, {dict(zip(id_columns, key))})")
         if entry["classes"] not in classes_cache:
             classes_cache[entry["classes"]] = read_classes(entry["classes"])
         metrics = metrics_from_predictions_csv(entry["predictions"], classes_cache[entry["classes"]],
                                                f1_classes=f1_classes)
         for metric in METRICS:
-            rows.append({**dict(zip(ID_COLUMNS, key)), "metric": metric, "value": float(metrics[metric])})
-    return pd.DataFrame(rows, columns=ALL_RUNS_COLUMNS)
+            rows.append({**dict(zip(id_columns, key)), "metric": metric, "value": float(metrics[metric])})
+    return pd.DataFrame(rows, columns=[MODEL_COLUMN, *ALL_RUNS_COLUMNS] if with_model else ALL_RUNS_COLUMNS)
 
 
 def read_all_runs(path: str | Path) -> pd.DataFrame:
@@ -131,7 +142,8 @@ def read_all_runs(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ALL_RUNS_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: columns {missing} missing; expected {ALL_RUNS_COLUMNS}")
-    frame = frame[ALL_RUNS_COLUMNS].copy()
+    id_columns = [MODEL_COLUMN, *ID_COLUMNS] if MODEL_COLUMN in frame.columns else ID_COLUMNS
+    frame = frame[[c for c in (MODEL_COLUMN, *ALL_RUNS_COLUMNS) if c in frame.columns]].copy()
     for i, row in enumerate(frame.to_dict("records")):
         _check_id_fields(row, f"{path} row {i + 2}")
     frame["seed"] = frame["seed"].astype(int)
@@ -140,7 +152,7 @@ def read_all_runs(path: str | Path) -> pd.DataFrame:
     if len(bad):
         raise InputError(f"{path}: column 'value' has non-numeric entries such as {bad.iloc[0]!r}")
     frame["value"] = values.astype(float)
-    dup = frame.duplicated(ID_COLUMNS + ["metric"], keep=False)
+    dup = frame.duplicated(id_columns + ["metric"], keep=False)
     if dup.any():
         first = frame.loc[dup].iloc[0].to_dict()
         raise InputError(f"{path}: duplicate rows for {first}; each run/metric must appear once")
@@ -162,6 +174,14 @@ def summarize(all_runs: pd.DataFrame) -> pd.DataFrame:
     out = grouped.agg(mean="mean", std=lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                       n_seeds="count").reset_index()
     return out[cols]
+
+
+def model_parts(all_runs: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """(model, its runs) per model in the runs' order; [(None, all_runs)] for a study of one model."""
+    if MODEL_COLUMN not in all_runs.columns:
+        return [(None, all_runs)]
+    return [(m, all_runs[all_runs[MODEL_COLUMN] == m].drop(columns=MODEL_COLUMN))
+            for m in dict.fromkeys(all_runs[MODEL_COLUMN])]
 
 
 def dataset_order(all_runs: pd.DataFrame) -> list[str]:

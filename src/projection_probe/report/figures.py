@@ -4,7 +4,7 @@ x = macro-F1 of the MLP probe on the pooled post-projection embedding H_v, y = t
 macro-F1, one marker per (dataset, setting) with error bars = sample std over seeds. Colour = dataset,
 marker = setting; an arrow leads from each dataset's Original point to each fine-tuned point. Points
 above the dashed diagonal are settings where the MLLM does better than a probe on its own projected
-image features.
+image features. A study of several models draws one panel per model, side by side, on shared axes.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 
 from projection_probe.io import atomic_path
 from projection_probe.names import SETTINGS
-from projection_probe.report.aggregate import dataset_order, summarize
+from projection_probe.report.aggregate import MODEL_COLUMN, dataset_order, model_parts, summarize
 
 SETTING_MARKERS = {"original": "o", "ft-proj": "s", "ft-e2e": "^", "ft-lora": "D"}
 EXTRA_MARKERS = ("v", "P", "X", "*", "h")
@@ -42,48 +42,28 @@ def richness_points(all_runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_richness(all_runs: pd.DataFrame, out_png: str | Path, out_pdf: str | Path) -> pd.DataFrame:
-    """Draw Figure 1 (right) and save it as PNG (150 dpi) and PDF; return the plotted points."""
+    """Draw Figure 1 (right) and save it as PNG (150 dpi) and PDF; return the plotted points (with a
+    leading ``model`` column when there are several models, one panel each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    points = richness_points(all_runs)
-    datasets = list(dict.fromkeys(points["dataset"]))
-    settings = list(dict.fromkeys(points["setting"]))
+    parts = [(model, richness_points(runs)) for model, runs in model_parts(all_runs)]
+    every = pd.concat([points for _, points in parts], ignore_index=True)
+    datasets = list(dict.fromkeys(every["dataset"]))
+    settings = list(dict.fromkeys(every["setting"]))
     colours = {d: plt.get_cmap("tab10")(i % 10) for i, d in enumerate(datasets)}
     extra = iter(EXTRA_MARKERS * 10)
     markers = {s: SETTING_MARKERS.get(s) or next(extra) for s in settings}
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    if points.empty:
-        ax.text(0.5, 0.5, "no (dataset, setting) has both a post-projection probe\nand an MLLM result yet",
-                ha="center", va="center", transform=ax.transAxes)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, zorder=0)
-    for row in points.itertuples(index=False):
-        ax.errorbar(row.probe_mean, row.mllm_mean, xerr=row.probe_std, yerr=row.mllm_std,
-                    fmt=markers[row.setting], color=colours[row.dataset], markersize=8, capsize=3,
-                    markeredgecolor="black", markeredgewidth=0.6, elinewidth=1, zorder=3)
-    for ds in datasets:
-        own = points[points["dataset"] == ds].set_index("setting")
-        if "original" not in own.index:
-            continue
-        start = own.loc["original"]
-        for s in own.index:
-            if s == "original":
-                continue
-            end = own.loc[s]
-            ax.annotate("", xy=(end.probe_mean, end.mllm_mean), xytext=(start.probe_mean, start.mllm_mean),
-                        arrowprops=dict(arrowstyle="->", color=colours[ds], alpha=0.6, linewidth=1.2,
-                                        shrinkA=6, shrinkB=6), zorder=2)
-
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("post-projection MLP probe macro-F1")
-    ax.set_ylabel("MLLM macro-F1")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(parts), figsize=(6.4 * len(parts), 5.2), squeeze=False)
+    for ax, (model, points) in zip(axes[0], parts):
+        _draw_richness(ax, points, colours, markers)
+        if model is not None:
+            ax.set_title(model, fontsize=10)
+    ax = axes[0][0]
     dataset_handles = [Line2D([], [], linestyle="", marker="o", markersize=8, color=colours[d], label=d)
                        for d in datasets]
     setting_handles = [Line2D([], [], linestyle="", marker=markers[s], markersize=8, color="0.5",
@@ -97,11 +77,47 @@ def plot_richness(all_runs: pd.DataFrame, out_png: str | Path, out_pdf: str | Pa
     n_seeds = n_seeds.loc[n_seeds["method"].isin(["mllm", "probe_post"]), "n_seeds"]
     seeds_text = "" if n_seeds.empty else (f"{int(n_seeds.min())}" if n_seeds.min() == n_seeds.max()
                                            else f"{int(n_seeds.min())}–{int(n_seeds.max())}")
-    ax.set_title("Post-projection richness vs MLLM" + (f" (mean ± std, {seeds_text} seeds)" if seeds_text else ""),
-                 fontsize=10)
+    title = "Post-projection richness vs MLLM" + (f" (mean ± std, {seeds_text} seeds)" if seeds_text else "")
+    if len(parts) == 1:
+        ax.set_title(title, fontsize=10)
+    else:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     for path, fmt in ((out_png, "png"), (out_pdf, "pdf")):
         with atomic_path(path, suffix=f".{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, dpi=150)
     plt.close(fig)
-    return points
+    if len(parts) == 1:
+        return parts[0][1]
+    return pd.concat([points.assign(**{MODEL_COLUMN: model})[[MODEL_COLUMN, *points.columns]]
+                      for model, points in parts], ignore_index=True)
+
+
+def _draw_richness(ax, points: pd.DataFrame, colours: dict, markers: dict) -> None:
+    """One panel: a marker per (dataset, setting), arrows from each dataset's Original point."""
+    if points.empty:
+        ax.text(0.5, 0.5, "no (dataset, setting) has both a post-projection probe\nand an MLLM result yet",
+                ha="center", va="center", transform=ax.transAxes)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, zorder=0)
+    for row in points.itertuples(index=False):
+        ax.errorbar(row.probe_mean, row.mllm_mean, xerr=row.probe_std, yerr=row.mllm_std,
+                    fmt=markers[row.setting], color=colours[row.dataset], markersize=8, capsize=3,
+                    markeredgecolor="black", markeredgewidth=0.6, elinewidth=1, zorder=3)
+    for ds in dict.fromkeys(points["dataset"]):
+        own = points[points["dataset"] == ds].set_index("setting")
+        if "original" not in own.index:
+            continue
+        start = own.loc["original"]
+        for s in own.index:
+            if s == "original":
+                continue
+            end = own.loc[s]
+            ax.annotate("", xy=(end.probe_mean, end.mllm_mean), xytext=(start.probe_mean, start.mllm_mean),
+                        arrowprops=dict(arrowstyle="->", color=colours[ds], alpha=0.6, linewidth=1.2,
+                                        shrinkA=6, shrinkB=6), zorder=2)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("post-projection MLP probe macro-F1")
+    ax.set_ylabel("MLLM macro-F1")
+    ax.grid(alpha=0.3)

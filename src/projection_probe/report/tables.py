@@ -20,7 +20,7 @@ import pandas as pd
 
 from projection_probe.io import InputError, read_json, write_csv, write_text
 from projection_probe.names import PAPER_SETTINGS, SETTINGS
-from projection_probe.report.aggregate import NO_SETTING, dataset_order, summarize
+from projection_probe.report.aggregate import NO_SETTING, dataset_order, model_parts, summarize
 
 MISSING = "–"
 DIGITS = 4
@@ -362,10 +362,30 @@ def write_table(table: Table, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _with_model_column(per_model: list[tuple[str, Table]]) -> Table:
+    """One table from each model's: its rows under a leading model column, in the models' order."""
+
+    def stacked(frames: list[tuple[str, pd.DataFrame]], column: str) -> pd.DataFrame:
+        return pd.concat([frame.assign(**{column: model})[[column, *frame.columns]] for model, frame in frames],
+                         ignore_index=True)
+
+    first = per_model[0][1]
+    return Table(first.name, first.title, stacked([(m, t.numeric) for m, t in per_model], "model"),
+                 stacked([(m, t.display) for m, t in per_model], "Model"), first.notes,
+                 [(title, stacked([(m, t.sections[i][1]) for m, t in per_model], "Model"))
+                  for i, (title, _) in enumerate(first.sections)])
+
+
 def make_tables(all_runs: pd.DataFrame, out_dir: str | Path, encoder_name: str = "CLIP", mllm_name: str = "MLLM",
                 paper: PaperResults | None = None) -> list[Path]:
-    """Write ``table{1,2,3}.{csv,md,tex}`` into ``out_dir``; return the paths written."""
+    """Write ``table{1,2,3}.{csv,md,tex}`` into ``out_dir``; return the paths written. With several
+    models (an ``all_runs`` with a ``model`` column) each table has a leading model column."""
+    parts = model_parts(all_runs)
+    per_model = [(model, (table1(runs, encoder_name, mllm_name, paper), table2(runs, paper), table3(runs, paper)))
+                 for model, runs in parts]
     written = []
-    for table in (table1(all_runs, encoder_name, mllm_name, paper), table2(all_runs, paper), table3(all_runs, paper)):
+    for i in range(3):
+        tables = [(model, made[i]) for model, made in per_model]
+        table = tables[0][1] if parts[0][0] is None else _with_model_column(tables)
         written += write_table(table, out_dir)
     return written

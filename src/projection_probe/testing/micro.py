@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 # The shipped Fashion-MNIST subset as a local 🤗 datasets folder.
 FASHION_DATASET = REPO_ROOT / "resources" / "fashion_mnist_subset"
 
+# The micro study's one model: a folder of each of its results (results/predictions/tiny/...).
+MICRO_MODEL = "tiny"
 MICRO_CONFIG = {
     "seeds": [0, 1],
     "datasets": {
@@ -31,10 +33,10 @@ MICRO_CONFIG = {
         },
     },
     "data": {"on_bad_image": "fail", "allow_train_only_classes": True, "prompt_output_cue": False},
-    "model": {"loader": "parts", "vision": {"kind": "clip", "path": None},
-              "language_model": {"source": "path", "path": None}, "projector": "mlp2x_gelu",
-              "template": "v1", "image_preprocessing": "pad", "dtype": "float32", "device": "cpu",
-              "trust_remote_code": False},
+    "models": {MICRO_MODEL: {"loader": "parts", "vision": {"kind": "clip", "path": None},
+                             "language_model": {"source": "path", "path": None}, "projector": "mlp2x_gelu",
+                             "template": "v1", "image_preprocessing": "pad", "dtype": "float32", "device": "cpu",
+                             "trust_remote_code": False}},
     "align": {"datasets": ["digits"], "caption_source": "none-fixed", "template": "plain", "lr": 1.0e-3, "epochs": 1,
               "effective_batch": 8, "per_device_batch": 8, "max_examples": 32},
     "settings": {
@@ -85,8 +87,8 @@ ANALYSIS_OVERRIDES = dict(
 
 def micro_config(models_dir: Path) -> dict:
     config = copy.deepcopy(MICRO_CONFIG)
-    config["model"]["vision"]["path"] = str(models_dir / "vision")
-    config["model"]["language_model"]["path"] = str(models_dir / "llm")
+    config["models"][MICRO_MODEL]["vision"]["path"] = str(models_dir / "vision")
+    config["models"][MICRO_MODEL]["language_model"]["path"] = str(models_dir / "llm")
     config["datasets"]["fashion"]["source"]["path"] = str(FASHION_DATASET)
     config["baselines"]["encoder_zero_shot"]["model"] = str(models_dir / "clip")
     return config

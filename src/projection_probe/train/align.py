@@ -163,7 +163,7 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
 
     from projection_probe.models.facade import MultimodalLM
     from projection_probe.models.loaders import build_vision, load_causal_lm
-    from projection_probe.models.projector import build_projector
+    from projection_probe.models.projector import build_projector, projected_tokens
     from projection_probe.train.finetune import (
         configure_trainable,
         full_state_dict,
@@ -183,7 +183,7 @@ def align_projector(vision_spec: dict, llm_dir: str | Path, vision_caches: list[
     set_seed(hp.seed)  # the projector's initialisation is part of the seeded run
     projector = build_projector(hp.projector, vision.hidden_size, language_model.config.hidden_size)
     facade = MultimodalLM(None, projector, language_model, tokenizer, template=hp.template,
-                          num_image_tokens=vision.num_patches)
+                          num_image_tokens=projected_tokens(projector, vision.num_patches))
     projector_sizes = (vision.hidden_size, language_model.config.hidden_size)
     del vision  # only the cached X_v is needed from here on
     configure_trainable(facade, "ft-proj")

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--setting", required=True, choices=FINETUNE_SETTINGS)
     add_options(p, FinetuneHyperparams)
     p.add_argument("--trust-remote-code", action="store_true", default=False,
-                   help="run Python code shipped with the checkpoint (off unless model.trust_remote_code)")
+                   help="run Python code shipped with the checkpoint (off unless models.<name>.trust_remote_code)")
     _add_threads_and_out_dir(p, run_finetune)
 
     p = subparsers.add_parser("align-projector",
