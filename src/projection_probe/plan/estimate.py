@@ -109,6 +109,8 @@ def distributed_kind(options: dict, config_dir: Path) -> str:
 # ---------------------------------------------------------------------------- the model, on meta
 # The loaders of checkpoints that plan sizes, and the key of each that names the checkpoint folder.
 CHECKPOINT_KEYS = {"llava_hf": "llava_hf", "family": "checkpoint"}
+# A llava_hf folder without config.json, whatever its name, is sized as the paper's LLaVA-1.5-7B.
+PAPER_CHECKPOINT = "llava-1.5-7b-hf"
 
 
 def planned_models(config: dict) -> list[str]:
@@ -142,7 +144,7 @@ def model_config(model: dict) -> tuple[dict, str]:
     path = folder / "config.json"
     if path.is_file():
         return read_json(path), str(path)
-    assumed = assumed_config(folder) or (assumed_config("llava-1.5-7b-hf") if model["loader"] == "llava_hf" else None)
+    assumed = assumed_config(folder) or (assumed_config(PAPER_CHECKPOINT) if model["loader"] == "llava_hf" else None)
     if assumed is None:
         raise InputError(f"{path} absent, and {folder.name!r} names no checkpoint whose shapes plan knows "
                          f"({', '.join(known_checkpoints())}); put the checkpoint's config.json there")
