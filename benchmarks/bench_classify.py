@@ -124,6 +124,7 @@ def family_modes(facade, images, prompts: list[str], labels: list[str], batch_si
 
     with torch.inference_mode():
         x_v = facade.encode_images(facade.vision.preprocess_images(images, "pad"))
+
     def run(mode):
         for start in range(0, len(prompts), batch_size):
             inputs = facade.build_inputs(prompts[start:start + batch_size])
