@@ -20,11 +20,18 @@ machine with this prompt; it says whether a missed target is the code's fault or
 
 Run it in the workflow's working directory: image paths in the prompts and the cache are relative
 to it. See benchmarks/README.md.
+
+`--family F [F ...]` (or `all`) compares model families instead: tiny random models of equal size
+(`testing/tiny_families.py`, one `TinySize`) of each family and of llava, loaded through the family
+registry, time `score_labels` (likelihood) and `constrained_generate` on the same synthetic images,
+prompts and labels, and print each family's seconds per image and its ratio to llava's (target:
+likelihood within FAMILY_RATIO_TARGET×). No workflow folder is needed.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,14 +51,25 @@ from common import (  # noqa: E402
 # Speed-up over per-image free generation that batched modes aim at, and the agreement they must keep.
 SPEEDUP_TARGETS = {"likelihood": 20.0, "constrained": 20.0, "generate": 5.0}
 AGREEMENT_TARGET = 0.95
+# A family's seconds per image in likelihood mode, at most this many times LLaVA's on models of equal size.
+FAMILY_RATIO_TARGET = 1.5
+FAMILY_MODES = ("likelihood", "constrained")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model folder with facade.json (e.g. results/models/base)")
-    p.add_argument("--prompts", required=True, help="prompts_seed{seed}.jsonl; its test records are used")
-    p.add_argument("--vision-cache", required=True, help="the dataset's vision.safetensors")
-    p.add_argument("--classes", required=True, help="classes.json")
+    p.add_argument("--model", help="model folder with facade.json (e.g. results/models/base)")
+    p.add_argument("--prompts", help="prompts_seed{seed}.jsonl; its test records are used")
+    p.add_argument("--vision-cache", help="the dataset's vision.safetensors")
+    p.add_argument("--classes", help="classes.json")
+    p.add_argument("--family", nargs="+", metavar="FAMILY",
+                   help="compare these model families (or `all`) with llava on tiny models of equal size, "
+                        "instead of the four modes on one workflow model")
+    p.add_argument("--lm-width", type=int, default=256, help="--family: the LM width of every tiny model")
+    p.add_argument("--lm-layers", type=int, default=4, help="--family: the LM depth of every tiny model")
+    p.add_argument("--image-tokens", type=int, default=16,
+                   help="--family: H_v tokens per image (a square), where the family allows")
+    p.add_argument("--n-classes", type=int, default=10, help="--family: labels per prompt")
     p.add_argument("--n-images", type=int, default=50, help="first N test records (default 50)")
     p.add_argument("--batch-size", type=int, default=20, help="batch of the batched modes (demo config: 20)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (0 = torch's default)")
@@ -69,7 +87,13 @@ def parse_args(argv=None):
     p.add_argument("--out-json", required=True)
     p.add_argument("--markdown", help="also write a Markdown section (title, command, machine, table)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.family is None:
+        missing = [f"--{k.replace('_', '-')}" for k in ("model", "prompts", "vision_cache", "classes")
+                   if getattr(args, k) is None]
+        if missing:
+            p.error(f"{', '.join(missing)} required (or --family)")
+    return args
 
 
 def agreement(frame, free) -> tuple[float | None, int]:
@@ -83,11 +107,120 @@ def agreement(frame, free) -> tuple[float | None, int]:
     return float(same.sum()) / n, n
 
 
+def synthetic_images(n: int, seed: int):
+    """`n` random RGB images of differing sizes (every family resizes them to its own side)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (48, 40 + 4 * (i % 5), 3), dtype=np.uint8)) for i in range(n)]
+
+
+def family_modes(facade, images, prompts: list[str], labels: list[str], batch_size: int):
+    """{mode: a function that classifies every image once in that mode, prompts tokenized per batch as
+    classify does}, on X_v computed once up front (classification reads X_v from its cache, so the
+    tower is not timed)."""
+    import torch
+
+    with torch.inference_mode():
+        x_v = facade.encode_images(facade.vision.preprocess_images(images, "pad"))
+
+    def run(mode):
+        for start in range(0, len(prompts), batch_size):
+            inputs = facade.build_inputs(prompts[start:start + batch_size])
+            if mode == "likelihood":
+                facade.score_labels(inputs, x_v[start:start + batch_size], labels)
+            else:
+                facade.constrained_generate(inputs, x_v[start:start + batch_size], labels)
+
+    return {mode: (lambda m=mode: run(m)) for mode in FAMILY_MODES}
+
+
+def compare_families(args, info: dict) -> int:
+    """`--family`: seconds per image of each family against llava's, on tiny models of equal size."""
+    import dataclasses
+    import tempfile
+
+    from projection_probe.data.prompts import format_human_turn
+    from projection_probe.models.registry import load_family
+    from projection_probe.testing.tiny_families import FAMILIES, TinySize, make_tiny_family
+
+    families = list(FAMILIES) if args.family == ["all"] else list(dict.fromkeys(args.family))
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise SystemExit(f"--family {' '.join(unknown)}: no tiny model; families: {', '.join(FAMILIES)} or all")
+    families = ["llava"] + [f for f in families if f != "llava"]
+    size = TinySize(lm_width=args.lm_width, lm_layers=args.lm_layers, image_tokens=args.image_tokens)
+    labels = [f"class {chr(ord('a') + i % 26)}{i // 26 or ''}" for i in range(args.n_classes)]
+    prompts = [format_human_turn("textures", labels[i % len(labels):] + labels[:i % len(labels)])
+               for i in range(args.n_images)]
+    images = synthetic_images(args.n_images, args.seed)
+    runs, shapes = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-families-") as root:
+        for family in families:
+            make_tiny_family(family, Path(root) / family, seed=args.seed, size=size)
+            facade = load_family(Path(root) / family).eval()
+            runs[family] = family_modes(facade, images, prompts, labels, args.batch_size)
+            lm = facade.language_model.config
+            shapes[family] = {"image_tokens": facade.num_image_tokens,
+                              "prompt_tokens": len(facade.prompt_token_ids(prompts[0])[0]),
+                              "lm_width": lm.hidden_size, "lm_layers": lm.num_hidden_layers,
+                              "vocab": facade.language_model.get_input_embeddings().num_embeddings}
+    for family_runs in runs.values():  # warm-up, untimed
+        for run in family_runs.values():
+            run()
+    # Paired runs: each family right after a llava run, and its ratio taken to that run, so that the
+    # load changes of a shared machine (minutes long) cancel; the median over repeats is reported.
+    times = {family: {mode: [] for mode in FAMILY_MODES} for family in families}
+    ratios = {family: {mode: [] for mode in FAMILY_MODES} for family in families}
+    for _ in range(max(1, args.repeats)):
+        for family in families:
+            for mode in FAMILY_MODES:
+                reference = timed(runs["llava"][mode])[1]
+                seconds = timed(runs[family][mode])[1]
+                times["llava"][mode].append(reference)
+                times[family][mode].append(seconds)
+                ratios[family][mode].append(seconds / reference)
+    results, rows = {}, []
+    for family in families:
+        per_image = {m: statistics.median(times[family][m]) / len(images) for m in FAMILY_MODES}
+        ratio = {m: statistics.median(ratios[family][m]) for m in FAMILY_MODES}
+        verdict = "PASS" if ratio["likelihood"] <= FAMILY_RATIO_TARGET else "FAIL"
+        results[family] = {**shapes[family], "seconds_per_image": per_image, "ratio_to_llava": ratio,
+                           "seconds_all": times[family], "likelihood_within_target": verdict}
+        rows.append([family, shapes[family]["image_tokens"], shapes[family]["prompt_tokens"],
+                     per_image["likelihood"], f"×{ratio['likelihood']:.2f}", verdict,
+                     per_image["constrained"], f"×{ratio['constrained']:.2f}"])
+        print(f"{family:16s} likelihood {per_image['likelihood'] * 1e3:8.2f} ms/image ×{ratio['likelihood']:5.2f}  "
+              f"constrained {per_image['constrained'] * 1e3:8.2f} ms/image ×{ratio['constrained']:5.2f}  {verdict}",
+              flush=True)
+    notes = [f"tiny random models: LM width {size.lm_width}, {size.lm_layers} layers, heads of 16 dimensions, "
+             f"the tiny BPE vocabulary plus each family's image tokens; {size.image_tokens} image tokens per "
+             "image where the family allows (LLaVA-NeXT/OneVision: anyres tiles and newline tokens give more)",
+             f"{len(images)} synthetic images, batch {args.batch_size}, {len(labels)} labels; X_v computed once "
+             f"before timing (classification reads the X_v cache); {args.repeats} repeats, each family's run "
+             "right after a llava run: s/image is the median run, the ratio the median of the paired ratios",
+             f"target: likelihood seconds per image ≤ {FAMILY_RATIO_TARGET:g}× llava's"]
+    summary = {"benchmark": "classify_families", "machine": info, "size": dataclasses.asdict(size),
+               "n_images": len(images), "n_classes": len(labels), "batch_size": args.batch_size,
+               "repeats": args.repeats, "results": results, "notes": notes}
+    write_json(args.out_json, summary)
+    if args.markdown:
+        table = markdown_table(["family", "image tokens", "prompt tokens", "likelihood s/image", "vs llava",
+                                f"≤ {FAMILY_RATIO_TARGET:g}× llava", "constrained s/image", "vs llava"], rows)
+        write_markdown(args.markdown, f"Classification speed per model family ({len(images)} images, "
+                       f"{len(labels)} classes)", info, table, notes)
+    failed = any(r["likelihood_within_target"] == "FAIL" for r in results.values())
+    return 1 if (failed and args.strict) else 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_progress_bars()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     threads = set_threads(args.threads)
+    if args.family is not None:
+        return compare_families(args, machine_info(threads))
 
     import torch
 

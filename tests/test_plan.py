@@ -104,7 +104,7 @@ def test_plan_names_every_job_that_does_not_fit(tmp_path, capsys):
             "--configfile", str(paper)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "not-downloaded/config.json absent: LLaVA-1.5-7B's shapes assumed" in out
+    assert "not-downloaded/config.json absent: llava-hf/llava-1.5-7b-hf's shapes assumed" in out
     assert "| ft-e2e | 2 (fsdp) | 6,759.9M float32 | 6,759.9M float32 | 27.0 | 54.1 | 81.1 | 13.6 |" in out
     assert "Every job fits." in out
     assert main(args + [str(one_gpu)]) == 1
@@ -173,3 +173,46 @@ def test_plan_refuses_what_it_cannot_size(tmp_path, capsys):
         capsys.readouterr().err)
     assert main(["plan", "--configfile", str(unknown), "--gpu-memory-gb", "0"]) == 2
     assert "--gpu-memory-gb 0.0: must be positive" in capsys.readouterr().err
+
+
+def families_config() -> dict:
+    return load_config([REPO / "config" / "paper.yaml", REPO / "config" / "families.yaml"])
+
+
+def test_families_overlay_sizes_each_checkpoint_on_the_shapes_it_is_named_after():
+    """Without downloads, every checkpoint model of config/families.yaml is sized on the published
+    config.json its folder is named after, of a family that an adapter runs, and the plan says so."""
+    from projection_probe.models.registry import FAMILIES
+    from projection_probe.plan.estimate import model_config, planned_models
+
+    config = families_config()
+    names = planned_models(config)
+    assert len(names) == 6 and names[0] == "llava15-7b"
+    for name in names:
+        model = config["models"][name]
+        shapes, source = model_config(model)
+        folder = model.get("checkpoint") or model["llava_hf"]
+        assert source.startswith(f"{folder}/config.json absent: ") and source.endswith("'s shapes assumed")
+        assert source.split("/")[-1].split("'")[0].lower() == Path(folder).name.lower()  # the repo it is named after
+        assert shapes["model_type"] in FAMILIES
+
+
+def test_plan_of_a_family_checkpoint_names_its_assumed_shapes_and_image_tokens(tmp_path, capsys):
+    args = ["plan", "--configfile", str(REPO / "config" / "paper.yaml"), str(REPO / "config" / "families.yaml"),
+            "--results", str(tmp_path / "results"), "--directory", str(REPO), "--model", "paligemma-3b"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert ("Model: paligemma-3b, models/paligemma-3b-pt-224/config.json absent: google/paligemma-3b-pt-224's "
+            "shapes assumed; 256 image tokens per image (H_v), X_v 256 × 1152") in out
+    assert "| ft-proj | 1 (single) | 2,511.0M float32 | 2.4M float32 |" in out  # the Linear connector: 1152 × 2048
+
+
+def test_plan_refuses_a_family_folder_it_knows_no_shapes_of(tmp_path, capsys):
+    config = families_config()
+    config["models"]["smolvlm"]["checkpoint"] = str(tmp_path / "my-own-vlm")
+    config_file = tmp_path / "own.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    assert main(["plan", "--configfile", str(config_file), "--model", "smolvlm", "--results",
+                 str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'my-own-vlm' / 'config.json'} absent" in err and "HuggingFaceTB/SmolVLM-Instruct" in err

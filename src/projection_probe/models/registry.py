@@ -67,6 +67,23 @@ def family_adapter(model_type: str, folder: str | Path = "model"):
     return importlib.import_module(FAMILIES[check_family(model_type, folder)]).ADAPTERS[model_type]
 
 
+def assumed_configs() -> dict[str, dict]:
+    """{hub repository: config.json} of the published checkpoints whose shapes `plan` assumes for a folder
+    that has no config.json yet: every adapter module's `ASSUMED_CONFIGS` (imports them, and torch)."""
+    found = {}
+    for module in dict.fromkeys(["projection_probe.models.families.llava", *FAMILIES.values()]):
+        found.update(getattr(importlib.import_module(module), "ASSUMED_CONFIGS", {}))
+    return found
+
+
+def assumed_config(folder: str | Path) -> tuple[str, dict] | None:
+    """(hub repository, config.json) of the published checkpoint a folder is named after (`hf download
+    <repo> --local-dir models/<repository name>`; case ignored), or None."""
+    name = Path(folder).name.lower()
+    return next(((hub_id, shapes) for hub_id, shapes in assumed_configs().items()
+                 if hub_id.split("/")[-1].lower() == name), None)
+
+
 def load_family(folder: str | Path, **options):
     """The facade of a family checkpoint folder, through the adapter its `config.json` names
     (`options`: dtype, device, template, image_preprocessing, trust_remote_code)."""

@@ -20,15 +20,6 @@ from projection_probe.hyperparams import FinetuneHyperparams, FinetuneLaunch, Lo
 from projection_probe.io import InputError, read_json
 
 GB = 1e9
-# LLaVA-1.5-7B (llava-hf/llava-1.5-7b-hf) shapes, used when models.<name>.llava_hf has no config.json yet.
-LLAVA_15_7B = {
-    "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "num_hidden_layers": 24,
-                      "num_attention_heads": 16, "intermediate_size": 4096, "image_size": 336, "patch_size": 14,
-                      "projection_dim": 768},
-    "text_config": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-                    "num_key_value_heads": 32, "intermediate_size": 11008, "vocab_size": 32064},
-    "image_token_id": 32000, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-}
 # Images per dataset kind (docs/datasets.md), used when a dataset's manifest has not been built yet.
 ASSUMED_IMAGES = {"plantdoc": 2578, "dtd": 3760, "dermnet": 19559, "crisismmd": 10461}
 CHARS_PER_TOKEN = 3.5  # prompt length in tokens, estimated from its characters (Llama tokenizer, English)
@@ -116,25 +107,55 @@ def distributed_kind(options: dict, config_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------------------- the model, on meta
-def planned_model(config: dict) -> dict:
-    """The block of the config's one llava_hf model (`models.<name>`), the one that plan sizes."""
-    llava = [name for name, model in config["models"].items() if (model or {}).get("loader") == "llava_hf"]
-    if not llava:
-        raise InputError(f"models {', '.join(config['models'])}: no loader is llava_hf; plan sizes llava_hf models "
-                         "(the paper's); the demo's parts models fit any machine")
-    if len(llava) > 1:
-        raise InputError(f"models {', '.join(llava)}: plan sizes one llava_hf model at a time; give it a config "
-                         "whose `models` names one of them")
-    return config["models"][llava[0]]
+# The loaders of checkpoints that plan sizes, and the key of each that names the checkpoint folder.
+CHECKPOINT_KEYS = {"llava_hf": "llava_hf", "family": "checkpoint"}
+# A llava_hf folder without config.json, whatever its name, is sized as the paper's LLaVA-1.5-7B.
+PAPER_CHECKPOINT = "llava-1.5-7b-hf"
 
 
-def llava_config(config: dict) -> tuple[dict, str]:
-    """The llava-hf config.json as a dict, and where it came from."""
-    model = planned_model(config)
-    path = Path(model["llava_hf"]) / "config.json"
+def planned_models(config: dict) -> list[str]:
+    """The names of the config's models that plan sizes: the checkpoint ones (llava_hf, family)."""
+    names = [name for name, model in config["models"].items() if (model or {}).get("loader") in CHECKPOINT_KEYS]
+    if not names:
+        raise InputError(f"models {', '.join(config['models'])}: no loader is llava_hf or family; plan sizes "
+                         "MLLM checkpoints (the paper's); the demo's parts models fit any machine")
+    return names
+
+
+def planned_model(config: dict, name: str | None = None) -> tuple[str, dict]:
+    """(name, block) of the model that plan sizes: `name`, or the config's one checkpoint model."""
+    names = planned_models(config)
+    if name is None:
+        if len(names) > 1:
+            raise InputError(f"models {', '.join(names)}: plan sizes one model at a time; name one")
+        name = names[0]
+    if name not in names:
+        raise InputError(f"models.{name}: not a checkpoint model of this config (those: {', '.join(names)})")
+    return name, config["models"][name]
+
+
+def model_config(model: dict) -> tuple[dict, str]:
+    """The checkpoint's config.json as a dict, and where it came from. A folder without one yet is sized
+    on the shapes of the published checkpoint it is named after (its family adapter's
+    `ASSUMED_CONFIGS`); a llava_hf folder of another name on LLaVA-1.5-7B's."""
+    from projection_probe.models.registry import assumed_config
+
+    folder = Path(model[CHECKPOINT_KEYS[model["loader"]]] or "")
+    path = folder / "config.json"
     if path.is_file():
         return read_json(path), str(path)
-    return LLAVA_15_7B, f"{path} absent: LLaVA-1.5-7B's shapes assumed"
+    assumed = assumed_config(folder) or (assumed_config(PAPER_CHECKPOINT) if model["loader"] == "llava_hf" else None)
+    if assumed is None:
+        raise InputError(f"{path} absent, and {folder.name!r} names no checkpoint whose shapes plan knows "
+                         f"({', '.join(known_checkpoints())}); put the checkpoint's config.json there")
+    hub_id, shapes = assumed
+    return shapes, f"{path} absent: {hub_id}'s shapes assumed"
+
+
+def known_checkpoints() -> list[str]:
+    from projection_probe.models.registry import assumed_configs
+
+    return sorted(assumed_configs())
 
 
 def meta_facade(llava_json: dict, dtype, image_side: int | None = None):
@@ -194,11 +215,11 @@ def optimizer_state_bytes(tensors: list, optim: str) -> int:
                      "optimizers (adamw_8bit, paged_adamw_8bit)")
 
 
-def training_state(llava_json: dict, setting: str, options: dict) -> TrainingState:
+def training_state(llava_json: dict, setting: str, options: dict, image_side: int | None = None) -> TrainingState:
     """Exact parameter, gradient and optimizer bytes of one fine-tune, as finetune() sets it up."""
     from projection_probe.train.finetune import MODEL_DTYPES, configure_trainable
 
-    facade = meta_facade(llava_json, MODEL_DTYPES[options["model_dtype"]])
+    facade = meta_facade(llava_json, MODEL_DTYPES[options["model_dtype"]], image_side)
     facade.vision = None
     facade.projector.float()
     configure_trainable(facade, setting, **{k: options[k] for k in defaults(LoraHyperparams)})
@@ -299,23 +320,30 @@ def fine_tune_gpu_bytes(setting: SettingPlan, text: dict, tokens: int) -> float:
     return static + training_activation_bytes(text, options["per_device_batch"], tokens, options) + OVERHEAD_BYTES
 
 
-def build_plan(config: dict, results: str | Path = "results", config_dir: str | Path = ".") -> Plan:
+def build_plan(config: dict, results: str | Path = "results", config_dir: str | Path = ".",
+               model_name: str | None = None) -> Plan:
+    """The plan of one checkpoint model of the config (`model_name`; by default its only one)."""
     import torch
 
     from projection_probe.evaluate.classify import LABEL_CHUNK_SIZE
 
     results, config_dir = Path(results), Path(config_dir)
-    llava_json, model_source = llava_config(config)
+    model_name, model = planned_model(config, model_name)
+    llava_json, model_source = model_config(model)
+    # The square image side of a family whose image size is a setting (Qwen2-VL), else the tower's own.
+    image_side = model.get("image_side")
     infer_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
-        planned_model(config).get("dtype", "float32")]
+        model.get("dtype", "float32")]
     infer_bytes = torch.tensor([], dtype=infer_dtype).element_size()
-    inference = meta_facade(llava_json, infer_dtype)
+    inference = meta_facade(llava_json, infer_dtype, image_side)
     # The shapes as transformers completes them (a config.json may leave keys at the class defaults).
     lm_config = inference.language_model.config
     text = {k: getattr(lm_config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "vocab_size")}
     text["num_key_value_heads"] = getattr(lm_config, "num_key_value_heads", None) or text["num_attention_heads"]
+    # H_v tokens (what the LM reads) and X_v tokens (what the cache holds): equal for LLaVA, not for all families.
     patches, width = inference.num_image_tokens, inference.vision.hidden_size
+    x_v_tokens = inference.vision.num_patches
     vision_params = sum(p.numel() for p in inference.vision.parameters())
     all_params = sum(p.numel() for p in inference.parameters())
     projector_params = sum(p.numel() for p in inference.projector.parameters())
@@ -323,9 +351,9 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
     datasets = {name: dataset_images(config, name, results) for name in config["datasets"]}
     seeds = list(config["seeds"])
     cli_defaults = finetune_cli_defaults()
-    default_pre = planned_model(config).get("image_preprocessing", "pad")
+    default_pre = model.get("image_preprocessing", "pad")
     caches, jobs, settings = {}, [], []
-    cache_per_image = (patches * width + width) * 2  # float16 X_v and pooled vector
+    cache_per_image = (x_v_tokens * width + width) * 2  # float16 X_v and pooled vector
     for name, (images, _) in datasets.items():
         caches[(name, default_pre)] = images * cache_per_image
 
@@ -337,7 +365,7 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
         if kind == "none":
             continue
         options = setting_options(config, sname, cli_defaults)
-        state = training_state(llava_json, kind, options)
+        state = training_state(llava_json, kind, options, image_side)
         distributed = distributed_kind(options, config_dir)
         checkpoint = (state.parameter_bytes if distributed == "fsdp" else state.trainable_bytes) + state.optimizer_bytes
         projector_bytes = projector_params * 4
@@ -360,7 +388,7 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
     for name, (images, _) in datasets.items():
         tokens = prompt_tokens(config, name, patches)
         n_classes = len(config["datasets"][name].get("classes") or [])
-        vision_activations = features_batch * (patches + 1) * width * 34
+        vision_activations = features_batch * (x_v_tokens + 1) * width * 34
         for (dataset, pre), size in caches.items():
             if dataset == name:
                 rule = "extract_vision_features" if pre == default_pre else "extract_vision_features_variant"
@@ -390,7 +418,9 @@ def build_plan(config: dict, results: str | Path = "results", config_dir: str | 
         jobs.append(Job("extract_features", every_setting, name, runs, 1,
                         projector_params * infer_bytes + features_batch * patches * text["hidden_size"] * 4
                         + OVERHEAD_BYTES, features))
-    return Plan(model_source, datasets, settings, jobs, caches, ASSUMPTIONS)
+    source = (f"{model_name}, {model_source}; {patches} image tokens per image (H_v), X_v {x_v_tokens} × {width}"
+              + (f" at image side {image_side}" if image_side else ""))
+    return Plan(source, datasets, settings, jobs, caches, ASSUMPTIONS)
 
 
 # ---------------------------------------------------------------------------- output

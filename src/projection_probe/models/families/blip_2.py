@@ -42,4 +42,20 @@ class Blip2(HFFamily):
         return model.language_model
 
 
+
+# `plan`'s shapes for a folder named after this hub repository that has no config.json yet (see llava.py).
+ASSUMED_CONFIGS = {
+    "Salesforce/blip2-opt-2.7b": {
+        "model_type": "blip-2",
+        "vision_config": {"hidden_size": 1408, "intermediate_size": 6144, "num_hidden_layers": 39,
+                          "num_attention_heads": 16, "image_size": 224, "patch_size": 14},
+        "qformer_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                           "num_attention_heads": 12, "encoder_hidden_size": 1408, "vocab_size": 30522},
+        "text_config": {"model_type": "opt", "hidden_size": 2560, "ffn_dim": 10240, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "word_embed_proj_dim": 2560, "vocab_size": 50304,
+                        "max_position_embeddings": 2048},
+        "num_query_tokens": 32, "image_token_id": 50265,
+    },
+}
+
 ADAPTERS = {"blip-2": Blip2()}

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from projection_probe.models.families.base import LLAVA
 
+# What `plan` sizes a checkpoint folder of these names on while it has no config.json yet (no
+# download): the published config.json's shapes, keyed by the hub repository the folder is named after.
+ASSUMED_CONFIGS = {
+    "llava-hf/llava-1.5-7b-hf": {
+        "model_type": "llava",
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 1024, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "intermediate_size": 4096, "image_size": 336, "patch_size": 14,
+                          "projection_dim": 768},
+        "text_config": {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 32, "intermediate_size": 11008,
+                        "vocab_size": 32064},
+        "image_token_id": 32000, "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
+    },
+}
+
 
 class Llava:
     adapter = LLAVA

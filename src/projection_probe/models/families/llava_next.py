@@ -98,4 +98,21 @@ class LlavaOnevision(LlavaNext):
                                                     vision_aspect_ratio=self.model.config.vision_aspect_ratio)
 
 
+
+# `plan`'s shapes for a folder named after this hub repository that has no config.json yet (see llava.py):
+# SigLIP-so400m at 384 px (26 layers), Qwen2-7B, anyres pinpoints up to 6×6 tiles of 384.
+ASSUMED_CONFIGS = {
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": {
+        "model_type": "llava_onevision",
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                          "num_hidden_layers": 26, "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+        "text_config": {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+                        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                        "vocab_size": 152128, "max_position_embeddings": 32768, "tie_word_embeddings": False},
+        "image_grid_pinpoints": [[384 * rows, 384 * columns] for rows in range(1, 7) for columns in range(1, 7)],
+        "vision_feature_layer": -1, "vision_feature_select_strategy": "full", "vision_aspect_ratio": "anyres_max_9",
+        "image_token_id": 151646, "video_token_id": 151647,
+    },
+}
+
 ADAPTERS = {"llava_next": LlavaNext(), "llava_onevision": LlavaOnevision()}

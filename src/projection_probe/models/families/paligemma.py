@@ -21,4 +21,18 @@ class PaliGemma(HFFamily):
         return {"token_type_ids": suffix.long()}
 
 
+
+# `plan`'s shapes for a folder named after these hub repositories that has no config.json yet (see llava.py).
+_PALIGEMMA_3B_224 = {
+    "model_type": "paligemma",
+    "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                      "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+                      "projection_dim": 2048},
+    "text_config": {"model_type": "gemma", "hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
+                    "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 257216,
+                    "num_image_tokens": 256},
+    "image_token_id": 257152, "projection_dim": 2048, "hidden_size": 2048, "vocab_size": 257216,
+}
+ASSUMED_CONFIGS = {"google/paligemma-3b-pt-224": _PALIGEMMA_3B_224, "google/paligemma-3b-mix-224": _PALIGEMMA_3B_224}
+
 ADAPTERS = {"paligemma": PaliGemma()}

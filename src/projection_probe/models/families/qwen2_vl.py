@@ -83,4 +83,21 @@ class Qwen2_5_VL(Qwen2VL):  # noqa: N801 - the family's own name
         return merged[:, torch.argsort(window_index).to(merged.device)]
 
 
+
+# `plan`'s shapes for a folder named after this hub repository that has no config.json yet (see llava.py).
+ASSUMED_CONFIGS = {
+    "Qwen/Qwen2-VL-7B-Instruct": {
+        "model_type": "qwen2_vl",
+        "vision_config": {"depth": 32, "embed_dim": 1280, "hidden_size": 3584, "mlp_ratio": 4, "num_heads": 16,
+                          "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "text_config": {"model_type": "qwen2_vl_text", "hidden_size": 3584, "intermediate_size": 18944,
+                        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                        "vocab_size": 152064, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+                        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                            "mrope_section": [16, 24, 24]}},
+        "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+    },
+}
+
 ADAPTERS = {"qwen2_vl": Qwen2VL(), "qwen2_5_vl": Qwen2_5_VL()}
