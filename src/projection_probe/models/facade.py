@@ -3,7 +3,8 @@
 Everything after a loader goes through this class: prompt building, the training loss, greedy
 generation, label scoring, constrained decoding and pooled features. The loaders (`loaders.py`: a
 llava-hf checkpoint, or separate parts) only decide where the three parts come from, so the CPU demo
-runs the same code as LLaVA-1.5-7B.
+runs the same code as LLaVA-1.5-7B. What differs between model families (the image run of a prompt,
+the LM's positions and extra inputs) is asked of the facade's family adapter (`families/base.py`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from projection_probe.io import InputError
+from projection_probe.models.families.base import LLAVA, FamilyAdapter
 from projection_probe.models.templates import IMAGE_PLACEHOLDER, ConversationTemplate, get_template
 
 IGNORE_INDEX = -100
@@ -27,7 +29,7 @@ IGNORE_INDEX = -100
 class ModelInputs:
     input_ids: torch.Tensor  # B×T; image positions hold `image_token_id`
     attention_mask: torch.Tensor  # B×T
-    image_mask: torch.Tensor  # B×T bool, exactly `num_image_tokens` True per row
+    image_mask: torch.Tensor  # B×T bool, exactly `num_image_tokens` True per row (where H_v goes)
     labels: torch.Tensor | None = None  # B×T, IGNORE_INDEX except on answer tokens
 
     def to(self, device) -> ModelInputs:
@@ -40,11 +42,6 @@ def answer_line_ended(text: str) -> bool:
     answer only once the answer has begun, so a model that opens with a blank line (SmolLM2 after
     "ASSISTANT:") still gets to say its label. The parser likewise reads the first non-empty line."""
     return "\n" in text.lstrip()
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Left padding must not shift positions: each row counts from its first real token.
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @functools.cache
@@ -64,8 +61,10 @@ def _cache_rows(past, rows: torch.Tensor):
 class MultimodalLM(nn.Module):
     def __init__(self, vision: nn.Module | None, projector: nn.Module, language_model: nn.Module | None,
                  tokenizer=None, template: str | ConversationTemplate = "v1", image_token_id: int | None = None,
-                 image_preprocessing: str = "pad", num_image_tokens: int | None = None):
+                 image_preprocessing: str = "pad", num_image_tokens: int | None = None,
+                 family: FamilyAdapter = LLAVA):
         super().__init__()
+        self.family = family
         self.vision = vision
         self.projector = projector
         self.language_model = language_model
@@ -125,20 +124,27 @@ class MultimodalLM(nn.Module):
             raise RuntimeError("this facade was loaded without its language model")
 
     def prompt_token_ids(self, human_turn: str) -> tuple[list[int], int]:
-        """Token ids of the templated prompt and the index where the image run starts.
+        """Token ids of the templated prompt and the index of its first image position."""
+        ids, is_image = self._prompt_ids_and_image_positions(human_turn)
+        return ids, is_image.index(True)
 
-        The text is split at `<image>`, the chunks are tokenized separately and the image run is
-        spliced in between: LLaVA's `tokenizer_image_token`."""
+    def _prompt_ids_and_image_positions(self, human_turn: str) -> tuple[list[int], list[bool]]:
+        """Token ids of the templated prompt and, per id, whether H_v goes there.
+
+        The text is split at `<image>`, the chunks are tokenized separately and the family's image
+        run is spliced in between: LLaVA's `tokenizer_image_token`."""
         text = self.template.render_prompt(human_turn)
         if text.count(IMAGE_PLACEHOLDER) != 1:
             raise InputError(f"prompt must contain exactly one {IMAGE_PLACEHOLDER}: {human_turn[:80]!r}")
         before, after = text.split(IMAGE_PLACEHOLDER)
         ids = self.tokenizer(before, add_special_tokens=True).input_ids
-        image_start = len(ids)
-        ids = ids + [self.image_token_id] * self.num_image_tokens
+        run, run_is_image = self.family.image_run(self.image_token_id, self.num_image_tokens, self.tokenizer)
+        is_image = [False] * len(ids) + run_is_image
+        ids = ids + run
         if after:
-            ids = ids + self.tokenizer(after, add_special_tokens=False).input_ids
-        return ids, image_start
+            tail = self.tokenizer(after, add_special_tokens=False).input_ids
+            ids, is_image = ids + tail, is_image + [False] * len(tail)
+        return ids, is_image
 
     def answer_token_ids(self, answer: str) -> list[int]:
         """The answer's ids (EOS included) as the whole conversation tokenizes them, which is what
@@ -175,10 +181,10 @@ class MultimodalLM(nn.Module):
         for generation and scoring."""
         self._require_lm()
         padding_side = padding_side or ("right" if answers is not None else "left")
-        seqs, label_seqs, image_starts = [], [], []
+        seqs, label_seqs, image_positions = [], [], []
         for i, prompt in enumerate(prompts):
-            ids, image_start = self.prompt_token_ids(prompt)
-            image_starts.append(image_start)
+            ids, is_image = self._prompt_ids_and_image_positions(prompt)
+            image_positions.append(is_image)
             labels = [IGNORE_INDEX] * len(ids)
             if answers is not None:
                 answer_ids = self.conversation_answer_ids(prompt, answers[i])
@@ -202,8 +208,7 @@ class MultimodalLM(nn.Module):
             labels[row, span] = torch.tensor(labs)
             # Image positions come from the prompt layout, not from the id, because a parts-built
             # model's placeholder id is an ordinary vocabulary id.
-            offset = span.start + image_starts[row]
-            image_mask[row, offset:offset + self.num_image_tokens] = True
+            image_mask[row, span.start:span.start + len(image_positions[row])] = torch.tensor(image_positions[row])
         return ModelInputs(input_ids, attention_mask, image_mask, labels if answers is not None else None)
 
     # ------------------------------------------------------------------ forward
@@ -223,8 +228,13 @@ class MultimodalLM(nn.Module):
         self._require_lm()
         inputs = inputs.to(self.device)
         inputs_embeds = self.embed(inputs, self.project(x_v))
+        extra = self.family.lm_inputs(inputs.input_ids, inputs.attention_mask, inputs.image_mask, inputs.labels)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=inputs.attention_mask,
-                                   position_ids=position_ids_from_mask(inputs.attention_mask), **kwargs), inputs
+                                   position_ids=self._position_ids(inputs), **extra, **kwargs), inputs
+
+    def _position_ids(self, inputs: ModelInputs) -> torch.Tensor:
+        """The prompt's positions: B×T, or A×B×T where the family's positions have several axes."""
+        return self.family.position_ids(inputs.input_ids, inputs.attention_mask, inputs.image_mask)
 
     @property
     def lm_keeps_logits(self) -> bool:
@@ -320,7 +330,7 @@ class MultimodalLM(nn.Module):
         ended rows feed padding that no later position attends to. Returns the kept tokens per row."""
         logits, past, moved = self._prefill(inputs, x_v)
         attention_mask = moved.attention_mask
-        positions = position_ids_from_mask(attention_mask)[:, -1:]
+        positions = self._position_ids(moved)[..., -1:]
         batch = logits.shape[0]
         generated: list[list[int]] = [[] for _ in range(batch)]
         done = torch.zeros(batch, dtype=torch.bool)
@@ -379,7 +389,7 @@ class MultimodalLM(nn.Module):
         if width > 1:
             pairs = batch * k  # pair p = (image p // K, label p % K)
             chunk_size = pairs if chunk_size is None else chunk_size
-            next_position = position_ids_from_mask(moved.attention_mask)[:, -1:] + 1
+            next_position = self._position_ids(moved)[..., -1:] + 1
             rest = torch.empty(pairs)
             for start in range(0, pairs, chunk_size):
                 pair = torch.arange(start, min(start + chunk_size, pairs))
@@ -387,7 +397,7 @@ class MultimodalLM(nn.Module):
                 on_device = image.to(self.device)
                 step_ids = cont[label, :-1].to(self.device)  # P×(W−1)
                 step_mask = cont_mask[label, :-1].to(self.device)
-                positions = next_position[on_device] + torch.arange(width - 1, device=self.device)
+                positions = next_position[..., on_device, :] + torch.arange(width - 1, device=self.device)
                 out = self.language_model(
                     input_ids=step_ids, attention_mask=torch.cat([moved.attention_mask[on_device], step_mask], 1),
                     position_ids=positions, past_key_values=_cache_rows(past, on_device), use_cache=True)

@@ -209,7 +209,7 @@ def resolve_spec(model_dir: str | Path) -> dict:
     return spec
 
 
-_PATH_KEYS = ("path", "weights", "llava_hf", "adapter", "base")
+_PATH_KEYS = ("path", "weights", "llava_hf", "family_checkpoint", "adapter", "base")
 
 
 def _absolute_paths(obj, root: Path):
@@ -231,7 +231,16 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
     lm_spec = spec.get("language_model") or {}
     projector_spec = spec.get("projector") or {}
 
-    if llava_path and with_language_model and not lm_spec.get("path"):
+    if spec.get("family_checkpoint"):  # any supported family, through its adapter (models/registry.py)
+        from projection_probe.models.registry import load_family
+
+        if lm_spec.get("path"):
+            raise InputError(f"{model_dir}: a fine-tuned language model ({lm_spec['path']}) over the family "
+                             f"checkpoint {spec['family_checkpoint']} cannot be loaded yet; FT-Proj folders can")
+
+        facade = load_family(spec["family_checkpoint"], dtype=dtype, template=template,
+                             image_preprocessing=preprocessing, trust_remote_code=trust_remote_code)
+    elif llava_path and with_language_model and not lm_spec.get("path"):
         facade = from_llava_hf(llava_path, dtype=dtype, template=template, image_preprocessing=preprocessing,
                                trust_remote_code=trust_remote_code)
     else:

@@ -1,7 +1,8 @@
 """facade.json, the file that says what a model folder is. `FacadeSpec.to_json` writes it and
 `FacadeSpec.from_json` reads it; nothing else does either.
 
-A folder is a base model (a llava-hf checkpoint, `llava_hf`, or separate `vision`, `projector` and
+A folder is a base model (a llava-hf checkpoint, `llava_hf`, a checkpoint of any supported model
+family, `family_checkpoint` (models/registry.py), or separate `vision`, `projector` and
 `language_model` parts) or a fine-tune over one (`base`: the base folder, relative to this one, and
 the parts the setting changed). Paths are relative to the folder, except `llava_hf`. Imports no torch.
 """
@@ -24,6 +25,7 @@ class FacadeSpec:
     format_version: int = FORMAT_VERSION
     base: str | None = None
     llava_hf: str | None = None
+    family_checkpoint: str | None = None
     vision: dict | None = None
     projector: dict | None = None
     language_model: dict | None = None
@@ -65,9 +67,9 @@ class FacadeSpec:
         unknown = [k for k in data if k not in known]
         if unknown:
             raise InputError(f"{spec_file}: unknown key {unknown[0]!r}; a facade.json has {sorted(known)}")
-        if not data.get("base") and not data.get("llava_hf"):
+        if not data.get("base") and not data.get("llava_hf") and not data.get("family_checkpoint"):
             missing = [k for k in PARTS if not data.get(k)]
             if missing:
                 raise InputError(f"{spec_file}: missing key {missing[0]!r}: a model folder names its 'base', a "
-                                 f"'llava_hf' checkpoint, or all of {list(PARTS)}")
+                                 f"'llava_hf' or 'family_checkpoint' checkpoint, or all of {list(PARTS)}")
         return cls(**data)

@@ -137,9 +137,17 @@ def llava_config(config: dict) -> tuple[dict, str]:
     return LLAVA_15_7B, f"{path} absent: LLaVA-1.5-7B's shapes assumed"
 
 
-def meta_facade(llava_json: dict, dtype):
-    """The facade that load_facade would build, on the meta device (no memory, no weights)."""
+def meta_facade(llava_json: dict, dtype, image_side: int | None = None):
+    """The facade that load_facade would build, on the meta device (no memory, no weights); a
+    config.json of another model family is built by its adapter (models/registry.py), at
+    `image_side` where the family's image size is a preprocessor setting (Qwen2-VL)."""
     import torch
+
+    model_type = llava_json.get("model_type", "llava")
+    if model_type != "llava":
+        from projection_probe.models.registry import family_adapter
+
+        return family_adapter(model_type, "config.json").meta_facade(llava_json, dtype, image_side)
     from transformers import AutoModelForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
     from projection_probe.models.facade import MultimodalLM

@@ -3,7 +3,9 @@ checkpoint: config, safetensors, tokenizer and image-processor config, loadable 
 `LlavaForConditionalGeneration.from_pretrained` and no code from this project.
 
 LoRA adapters are merged into the LLM weights. A parts-based model can be exported only when its
-vision tower is CLIP, because a `LlavaConfig` can describe no other encoder.
+vision tower is CLIP, because a `LlavaConfig` can describe no other encoder. A model folder over a
+checkpoint of another family (`family_checkpoint`) is exported as a checkpoint of that family
+(`export_family_checkpoint`), loadable with its own HF class.
 """
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: torch.dty
     from projection_probe.models.vision import ClipVisionEncoder
 
     spec = resolve_spec(model_dir)
+    if spec.get("family_checkpoint"):
+        from projection_probe.models.registry import model_type_of
+
+        if model_type_of(spec["family_checkpoint"]) != "llava":
+            return export_family_checkpoint(model_dir, out_dir, dtype)
+        spec["llava_hf"] = spec["family_checkpoint"]  # a llava-hf checkpoint named as a family one
     vision_kind = (spec.get("vision") or {}).get("kind")
     if not spec.get("llava_hf") and vision_kind not in ("clip", "llava_hf"):
         raise InputError(f"{model_dir}: vision kind {vision_kind!r} cannot be described by a LlavaConfig; "
@@ -113,5 +121,31 @@ def export_llava_hf(model_dir: str | Path, out_dir: str | Path, dtype: torch.dty
             for name in PROCESSOR_FILES:
                 if (source / name).exists():
                     shutil.copyfile(source / name, tmp / name)
+    log.info("exported %s to %s", model_dir, out_dir)
+    return Path(out_dir)
+
+
+def export_family_checkpoint(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write `out_dir` as a checkpoint of the family of `model_dir`'s `family_checkpoint`, with its trained
+    parts (connector weights, merged LoRA): the facade's parts are modules of the family's own HF
+    model, which is saved as it is. A llava checkpoint goes through `export_llava_hf`."""
+    from peft import PeftModel
+
+    from projection_probe.models.loaders import load_facade, resolve_spec
+
+    spec = resolve_spec(model_dir)
+    facade = load_facade(model_dir, dtype=dtype or torch.float32)
+    if isinstance(facade.language_model, PeftModel):
+        facade.language_model = facade.language_model.merge_and_unload()  # merges in place, inside the HF model
+    hf_model = getattr(facade.vision, "hf_model", None)
+    if hf_model is None:
+        raise InputError(f"{model_dir}: its facade's parts are not modules of a family's HF model; use export_llava_hf")
+    source = Path(spec["family_checkpoint"])
+    with atomic_dir(out_dir) as tmp:
+        hf_model.save_pretrained(tmp)
+        facade.tokenizer.save_pretrained(tmp)
+        for name in PROCESSOR_FILES:
+            if (source / name).exists():
+                shutil.copyfile(source / name, tmp / name)
     log.info("exported %s to %s", model_dir, out_dir)
     return Path(out_dir)

@@ -416,7 +416,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     from transformers import set_seed
 
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.loaders import load_facade
+    from projection_probe.models.loaders import load_facade, resolve_spec
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
     hp = with_fields(FinetuneHyperparams, hp, fields)
@@ -427,6 +427,9 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     base_model_dir, out_dir = Path(base_model_dir).resolve(), Path(out_dir).resolve()
     if not (base_model_dir / FACADE_FILE).exists():
         raise InputError(f"{base_model_dir}: no {FACADE_FILE}; --base-model must be a built base model folder")
+    if setting == "ft-e2e" and resolve_spec(base_model_dir).get("family_checkpoint"):  # refused before training
+        raise InputError(f"{base_model_dir}: ft-e2e over a model-family checkpoint is not supported yet (its "
+                         "fine-tuned LM could not be loaded back); ft-proj is")
     examples = stratified_subset(read_train_examples(prompts_jsonl), hp.max_examples, hp.seed)
     cache = load_vision_cache(vision_cache)
     dataset = CachedFeatureDataset(examples, cache, source=str(vision_cache))
