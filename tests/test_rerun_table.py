@@ -74,7 +74,8 @@ OPERATIONAL_OVERLAY = {
 UNUSED_OVERLAY = {
     "datasets": {"fashion": {"paper_name": "Clothing", "download": {"url": "https://example.org/x.tgz",
                                                                      "sha256": "0" * 64}}},
-    **model(llava_hf="/nowhere/llava", language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
+    **model(llava_hf="/nowhere/llava", checkpoint="/nowhere/family",
+            language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
     "analyses": {"layerwise": {"enabled": False, "poolings": ["last_token"], "storage_dtype": "float32",
                                "mlp": True},
                  "linear_probe": {"C": 2.0, "max_iter": 50}, "matched_probes": {"enabled": False, "mlp": False},
@@ -86,9 +87,10 @@ NOTHING_KEYS = {
                     "finetune.checkpoint_every_steps", "resources.threads", "resources.align_threads",
                     "baselines.encoder_zero_shot.batch_size", "analyses.layerwise.batch_size"],
     # The micro datasets have no `source.root`, so no download rule; the parts loader reads neither
-    # models.<name>.llava_hf nor the GGUF names of a `source: path` language model; analyses are off.
+    # models.<name>.llava_hf, models.<name>.checkpoint nor the GGUF names of a `source: path` language model;
+    # analyses are off.
     "UNUSED": ["datasets.<name>.paper_name", "datasets.<name>.download.url", "datasets.<name>.download.sha256",
-               "models.<name>.llava_hf", "models.<name>.language_model.gguf_package",
+               "models.<name>.llava_hf", "models.<name>.checkpoint", "models.<name>.language_model.gguf_package",
                "models.<name>.language_model.gguf_file",
                "analyses.layerwise.enabled", "analyses.layerwise.poolings", "analyses.layerwise.storage_dtype",
                "analyses.layerwise.mlp", "analyses.linear_probe.C", "analyses.linear_probe.max_iter",

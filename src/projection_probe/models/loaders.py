@@ -175,7 +175,12 @@ def build_vision(spec: dict, dtype=torch.float32):
                                  mean, std)
     if kind == "llava_hf":
         return load_llava_hf_vision_and_projector(spec["path"], dtype)[0]
-    raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip or a llava_hf checkpoint")
+    if kind == "family_checkpoint":  # the tower of any supported family, through its adapter
+        from projection_probe.models.registry import load_family
+
+        return load_family(spec["path"], dtype=dtype).vision
+    raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip, or a llava_hf or "
+                     "family_checkpoint checkpoint")
 
 
 def load_causal_lm(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False):
