@@ -6,6 +6,9 @@ the project side is the facade loaded from the saved folder through the family r
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -230,6 +233,14 @@ def test_m_rope_positions_are_three_axes_at_the_image(family, tmp_path):
     # After the image, text positions advance by one on all axes.
     last = positions[:, :, -1]
     assert torch.equal(last[0], last[1]) and torch.equal(last[1], last[2])
+
+
+def test_registry_imports_no_torch_and_refuses_before_loading(tmp_path):
+    """The config check and `plan` read the registry without torch; a family is checked by name alone."""
+    code = ("import sys; from projection_probe.models.registry import FAMILIES, check_family; "
+            "check_family('qwen2_vl', 'x'); print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_tiny_family_is_registered():
