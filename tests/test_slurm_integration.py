@@ -66,7 +66,7 @@ def test_slurm_profile_matches_the_workflow_rules():
     # to `accelerate launch --num_processes`): a profile value would override it.
     assert "gpu" not in set_resources.get("finetune", {}), "the profile must not set finetune's GPU count"
     finetune_rule = (REPO / "workflow" / "rules" / "finetune.smk").read_text()
-    assert 'gpu=lambda wc: finetune_params(wc.setting)["num_gpus"]' in finetune_rule
+    assert 'gpu=lambda wc: finetune_params(wc.setting, wc.model)["num_gpus"]' in finetune_rule
     for rule in set(set_resources) - GPU_RULES:
         assert not set_resources[rule].get("gpu"), f"non-GPU rule {rule} requests a GPU in the profile"
     assert not LOCAL_RULES & set(set_resources), "local rules never reach Slurm: no resources for them"

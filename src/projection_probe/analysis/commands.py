@@ -164,13 +164,16 @@ def run_recompute(args) -> None:
               "max_iter": linear.get("max_iter", ANALYSIS_DEFAULTS.linear_max_iter)}
     mlp = opts.get("mlp")
     probe_files, sim_files = [], []
-    layer_dirs = sorted({p.parent for p in (results / "analysis").glob("*/*/seed*/layers_test.safetensors")})
+    # results/analysis/{model}/{dataset}/{setting}/seed{seed}: the analyses take one model.
+    layer_dirs = sorted({p.parent for p in (results / "analysis").glob("*/*/*/seed*/layers_test.safetensors")})
     if not layer_dirs:
-        raise InputError(f"{results}/analysis: no */*/seed*/layers_test.safetensors; run extract_layer_features first")
+        raise InputError(f"{results}/analysis: no */*/*/seed*/layers_test.safetensors; "
+                         "run extract_layer_features first")
     by_dataset_seed: dict[tuple, dict] = {}
     for d in layer_dirs:
-        dataset, setting, seed = d.parent.parent.name, d.parent.name, int(d.name.removeprefix("seed"))
-        feats = results / "features" / dataset / setting / f"seed{seed}"
+        model, dataset, setting = d.parent.parent.parent.name, d.parent.parent.name, d.parent.name
+        seed = int(d.name.removeprefix("seed"))
+        feats = results / "features" / model / dataset / setting / f"seed{seed}"
         has_feats = (feats / "train.safetensors").exists() and (feats / "test.safetensors").exists()
         frame = probe_one(dataset, setting, seed, results / "data" / dataset / "classes.json",
                           d / "layers_train.safetensors", d / "layers_test.safetensors",
@@ -178,15 +181,15 @@ def run_recompute(args) -> None:
                           feats / "test.safetensors" if has_feats else None, linear, mlp,
                           bool(opts.get("layer_mlp", False)), opts.get("poolings"),
                           bool(opts.get("control_tasks", True)), args.device, bool(opts.get("matched_mlp", True)))
-        target = out / "analysis" / dataset / setting / f"seed{seed}" / "probes.csv"
+        target = out / "analysis" / model / dataset / setting / f"seed{seed}" / "probes.csv"
         write_csv(target, frame)
         probe_files.append(target)
-        entry = by_dataset_seed.setdefault((dataset, seed), {"layers": {}, "features": {}})
+        entry = by_dataset_seed.setdefault((model, dataset, seed), {"layers": {}, "features": {}})
         entry["layers"][setting] = d / "layers_test.safetensors"
         if has_feats:
             entry["features"][setting] = feats / "test.safetensors"
-    for (dataset, seed), entry in by_dataset_seed.items():
-        target = out / "analysis" / dataset / f"seed{seed}" / "similarity.csv"
+    for (model, dataset, seed), entry in by_dataset_seed.items():
+        target = out / "analysis" / model / dataset / f"seed{seed}" / "similarity.csv"
         knn_k = opts.get("knn_k", ANALYSIS_DEFAULTS.knn_k)
         write_csv(target, similarity_one(dataset, seed, entry["layers"], entry["features"], knn_k))
         sim_files.append(target)
