@@ -1,7 +1,9 @@
 """Shared, session-scoped workflow runs: each distinct configuration runs once per pytest run.
 
-- `tiny_models`: the micro config's random tiny CLIP / LLM / vision models, built once.
-- `micro_run`: the full micro config (2 datasets × 2 seeds × 4 settings × 3 modes) with its report.
+- `tiny_models`: the micro config's random tiny CLIP / LLM / vision models and tiny Idefics3 checkpoint,
+  built once.
+- `micro_run`: the full micro config (2 models of two families × 2 datasets × 2 seeds × 4 settings ×
+  3 modes) with its report.
 - `analysis_run`: a reduced micro config with the analyses beyond the paper switched on.
 
 Every test that only reads a finished run reads these; a test that changes files works on a copy

@@ -406,6 +406,23 @@ def test_config_typo_stops_the_workflow_before_any_job(tmp_path):
     assert "rule " not in done.stdout  # no job was planned
 
 
+@pytest.mark.parametrize("model_type, says", [("mllama", "cross-attention"), ("bert", "supported model types")])
+def test_a_family_checkpoint_of_an_unsupported_model_type_stops_the_workflow_before_planning(tmp_path, model_type,
+                                                                                           says):
+    # Only its config.json is read (through the torch-free registry): a checkpoint of no weights is enough.
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    write_json(checkpoint / "config.json", {"model_type": model_type})
+    other = {"loader": "family", "checkpoint": str(checkpoint)}
+    done = dry_run_with(tmp_path, lambda c: c["models"].update(other=other))
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "models.other.checkpoint" in out and repr(model_type) in out and says in out, out[-3000:]
+    if model_type == "bert":  # the supported list, named
+        assert "'idefics3'" in out and "'qwen2_vl'" in out
+    assert "rule " not in done.stdout  # no job was planned
+
+
 @pytest.mark.parametrize("name", ["my digits", 'dig"its', "it's"])
 def test_dataset_names_with_spaces_or_quotes_are_rejected_by_the_schema(name):
     # Names become wildcards, paths and shell words, so the schema refuses them outright; checked

@@ -329,14 +329,14 @@ def test_an_ft_proj_folder_over_a_family_checkpoint_loads_and_exports_to_the_fam
     assert not torch.equal(theirs, hf_model(**hf_inputs).logits)  # the fine-tuned connector, not the base's
 
 
-def test_a_fine_tuned_lm_over_a_family_checkpoint_is_refused_naming_the_folder(tmp_path):
+def test_a_language_model_folder_over_a_family_checkpoint_is_refused_naming_the_folder(tmp_path):
     from projection_probe.models.loaders import load_facade
     from projection_probe.models.spec import FacadeSpec
 
     make_tiny_family("paligemma", tmp_path / "checkpoint")
     (tmp_path / "tuned").mkdir()
     FacadeSpec(family_checkpoint="../checkpoint", language_model={"path": "language_model"}).to_json(tmp_path / "tuned")
-    with pytest.raises(InputError, match="cannot be loaded yet") as error:
+    with pytest.raises(InputError, match="cannot be loaded") as error:
         load_facade(tmp_path / "tuned")
     assert str(tmp_path / "tuned") in str(error.value)
 
@@ -378,14 +378,32 @@ def test_layer_states_cover_every_lm_layer_and_start_from_the_spliced_embeddings
         assert torch.equal(out.hidden_states[0], embeds)
 
 
-def test_ft_e2e_over_a_family_checkpoint_is_refused_before_training(tmp_path):
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_vl"])
+def test_an_ft_e2e_folder_over_a_family_checkpoint_loads_its_fine_tuned_lm_back(family, tmp_path):
+    """finetune's writer saves a family's fine-tuned LM as its part's weights; the folder loads with that
+    LM (every weight equal to the trained one, so the same logits), over the unchanged checkpoint."""
+    from projection_probe.models.loaders import load_facade
     from projection_probe.models.spec import FacadeSpec
-    from projection_probe.train.finetune import finetune
+    from projection_probe.train.finetune import write_trained_parts
 
-    make_tiny_family("idefics3", tmp_path / "checkpoint")
-    (tmp_path / "base").mkdir()
-    FacadeSpec(family_checkpoint="../checkpoint").to_json(tmp_path / "base")
-    with pytest.raises(InputError, match="ft-e2e over a model-family checkpoint") as error:
-        finetune(tmp_path / "base", tmp_path / "prompts.jsonl", tmp_path / "cache", tmp_path / "out", "ft-e2e",
-                 lr=1e-3, effective_batch=1, per_device_batch=1)
-    assert str(tmp_path / "base") in str(error.value)
+    checkpoint, base, tuned = tmp_path / "checkpoint", tmp_path / "base", tmp_path / "tuned"
+    make_tiny_family(family, checkpoint)
+    base.mkdir()
+    FacadeSpec(family_checkpoint="../checkpoint").to_json(base)
+    facade = load_facade(base).eval()
+    _one_step(facade, "ft-e2e")
+    tuned.mkdir()
+    entries = write_trained_parts(facade, facade.state_dict(), "ft-e2e", tuned)
+    FacadeSpec(base="../base").with_entries(entries).to_json(tuned)
+    reloaded, untouched = load_facade(tuned).eval(), load_facade(base).eval()
+    trained = dict(facade.language_model.named_parameters())
+    changed = 0
+    for name, p in reloaded.language_model.named_parameters():
+        assert torch.equal(p, trained[name]), name
+        changed += not torch.equal(p, dict(untouched.language_model.named_parameters())[name])
+    assert changed  # the fine-tuned LM, not the checkpoint's
+    pixels = facade.vision.preprocess_images(random_images(2, seed=3), "pad")
+    inputs = facade.build_inputs([PROMPT, PROMPT])
+    with torch.no_grad():
+        assert torch.equal(reloaded.logits(inputs, reloaded.encode_images(pixels)),
+                           facade.logits(inputs, facade.encode_images(pixels)))

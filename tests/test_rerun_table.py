@@ -47,6 +47,8 @@ class Row:
     rules: set | frozenset  # NOTHING: "Nothing to be done"
     # Wildcards every planned job outside REPORT must have (one dataset's, setting's or mode's jobs).
     only: dict = field(default_factory=dict)
+    # The overlay is the whole config, read instead of the micro run's (not over it).
+    whole_config: bool = False
 
 
 def setting(name, **keys):
@@ -74,7 +76,8 @@ OPERATIONAL_OVERLAY = {
 UNUSED_OVERLAY = {
     "datasets": {"fashion": {"paper_name": "Clothing", "download": {"url": "https://example.org/x.tgz",
                                                                      "sha256": "0" * 64}}},
-    **model(llava_hf="/nowhere/llava", language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
+    **model(llava_hf="/nowhere/llava", checkpoint="/nowhere/family",
+            language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
     "analyses": {"layerwise": {"enabled": False, "poolings": ["last_token"], "storage_dtype": "float32",
                                "mlp": True},
                  "linear_probe": {"C": 2.0, "max_iter": 50}, "matched_probes": {"enabled": False, "mlp": False},
@@ -86,9 +89,10 @@ NOTHING_KEYS = {
                     "finetune.checkpoint_every_steps", "resources.threads", "resources.align_threads",
                     "baselines.encoder_zero_shot.batch_size", "analyses.layerwise.batch_size"],
     # The micro datasets have no `source.root`, so no download rule; the parts loader reads neither
-    # models.<name>.llava_hf nor the GGUF names of a `source: path` language model; analyses are off.
+    # models.<name>.llava_hf, models.<name>.checkpoint nor the GGUF names of a `source: path` language model;
+    # analyses are off.
     "UNUSED": ["datasets.<name>.paper_name", "datasets.<name>.download.url", "datasets.<name>.download.sha256",
-               "models.<name>.llava_hf", "models.<name>.language_model.gguf_package",
+               "models.<name>.llava_hf", "models.<name>.checkpoint", "models.<name>.language_model.gguf_package",
                "models.<name>.language_model.gguf_file",
                "analyses.layerwise.enabled", "analyses.layerwise.poolings", "analyses.layerwise.storage_dtype",
                "analyses.layerwise.mlp", "analyses.linear_probe.C", "analyses.linear_probe.max_iter",
@@ -178,10 +182,14 @@ ROWS = [
                    "image_preprocessing": "pad", "label_set": "test"}.items()],
     *[Row(f"report.{k}", {"report": {k: v}}, {"make_tables", "all"})
       for k, v in {"encoder_name": "CLIP-tiny", "mllm_name": "MLLM-tiny", "paper_map": {"digits": "dtd"}}.items()],
-    Row("analyses.enabled", {"analyses": {"enabled": True}},
+    # The analyses take one model, and an overlay cannot remove the micro run's second one: this row's
+    # config is the whole micro config less that model. Dropping it reruns the report (its tables lose
+    # the model column); the analyses add their own rules and nothing else.
+    Row("analyses.enabled",
+        lambda base: {**base, "models": {MICRO_MODEL: base["models"][MICRO_MODEL]}, "analyses": {"enabled": True}},
         {"extract_layer_features", "analysis_probe", "analysis_similarity", "analysis_layerwise_report",
          "analysis_matched_report", "analysis_selectivity_report", "analysis_similarity_report",
-         "analysis_claims", "all"}),
+         "analysis_claims"} | REPORT, whole_config=True),
 ]
 
 
@@ -198,8 +206,10 @@ def snakemake_main(argv: list[str]) -> tuple[int, str]:
     return 0, out.getvalue()
 
 
-def dry_runs(workdir: Path, overlays: Path, changes: dict[str, dict]) -> dict[str, tuple[str, list]]:
-    """name -> (output, [(rule, wildcards)] of every job planned) of `snakemake -n` with each overlay.
+def dry_runs(workdir: Path, overlays: Path, changes: dict[str, dict],
+             whole_configs: frozenset = frozenset()) -> dict[str, tuple[str, list]]:
+    """name -> (output, [(rule, wildcards)] of every job planned) of `snakemake -n` with each overlay
+    (for a name in `whole_configs`: with that config alone).
     The shared micro run is read only: the overlays live elsewhere, and a dry run without a lock
     writes nothing. Each dry run is a fork of this process, which has imported Snakemake already:
     a third of the cost of a new `snakemake` process, and no state carried from one run to the next."""
@@ -211,7 +221,8 @@ def dry_runs(workdir: Path, overlays: Path, changes: dict[str, dict]) -> dict[st
         path.write_text(yaml.safe_dump(overlay, sort_keys=False))
         argv = snakemake_command(workdir, "-n", "--nolock")[1:]
         at = argv.index("--configfile") + 2
-        commands.append(argv[:at] + [str(path)] + argv[at:])
+        commands.append(argv[:at - 1] + [str(path)] + argv[at:] if name in whole_configs
+                        else argv[:at] + [str(path)] + argv[at:])
     with multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1) as pool:
         outputs = pool.map(snakemake_main, commands)
     results = {}
@@ -231,7 +242,8 @@ def table(micro_run, tmp_path_factory):
     base = yaml.safe_load((micro_run / "micro.yaml").read_text())
     return dry_runs(micro_run, tmp_path_factory.mktemp("overlays"),
                     {"unchanged": {}, "OPERATIONAL": OPERATIONAL_OVERLAY, "UNUSED": UNUSED_OVERLAY,
-                     **{row.key: row.overlay(base) if callable(row.overlay) else row.overlay for row in ROWS}})
+                     **{row.key: row.overlay(base) if callable(row.overlay) else row.overlay for row in ROWS}},
+                    frozenset(row.key for row in ROWS if row.whole_config))
 
 
 def test_the_table_covers_every_schema_key():

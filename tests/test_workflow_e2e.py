@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sklearn.metrics import f1_score
 
-from projection_probe.testing.micro import MICRO_MODEL, snakemake_command
+from projection_probe.testing.micro import MICRO_CONFIG, MICRO_FAMILY_MODEL, MICRO_MODEL, snakemake_command
 
 from doc_paths import missing_doc_paths
 
@@ -36,9 +36,23 @@ def test_tables_figure_report_and_logs_are_written(micro_run):
     assert (results / "figures" / "richness_vs_f1.pdf").read_bytes()[:4] == b"%PDF"
     html = (results / "report.html").read_text(errors="replace")
     assert "table1" in html and "richness_vs_f1" in html
-    # One log file per job.
-    assert len(list((results / "logs" / "finetune").glob("*.log"))) == 2 * 3 * 2
-    assert len(list((results / "logs" / "classify").glob("*.log"))) == 2 * 4 * 3 * 2
+    # One log file per job, for each of the two models.
+    assert len(list((results / "logs" / "finetune").glob("*.log"))) == 2 * 2 * 3 * 2
+    assert len(list((results / "logs" / "classify").glob("*.log"))) == 2 * 2 * 4 * 3 * 2
+
+
+def test_tables_have_a_model_column_with_the_llava_style_and_the_family_models_rows(micro_run):
+    """Two model families in one study: the tiny LLaVA-style parts model and a tiny checkpoint of another
+    family (loader: family), each with the rows of every dataset and setting, in the config's order."""
+    assert list(MICRO_CONFIG["models"]) == [MICRO_MODEL, MICRO_FAMILY_MODEL]
+    rows_per_model = {"table1.csv": 2 * (2 + 4 * 3), "table2.csv": 2 * 4, "table3.csv": 2}
+    for name, rows in rows_per_model.items():
+        table = pd.read_csv(micro_run / "results" / "tables" / name)
+        assert table.columns[0] == "model", (name, list(table.columns))
+        assert list(dict.fromkeys(table["model"])) == [MICRO_MODEL, MICRO_FAMILY_MODEL], name
+        assert table["model"].value_counts().to_dict() == {MICRO_MODEL: rows, MICRO_FAMILY_MODEL: rows}, name
+    base = yaml.safe_load((micro_run / "results" / "models" / MICRO_FAMILY_MODEL / "base" / "facade.json").read_text())
+    assert base["family_checkpoint"].endswith("idefics3")
 
 
 def independent_metrics(path: Path) -> tuple[float, float]:
@@ -64,14 +78,13 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
     table3 = pd.read_csv(results / "tables" / "table3.csv")
     seeds = [0, 1]
 
-    predictions, probes = f"predictions/{MICRO_MODEL}", f"probes/{MICRO_MODEL}"
-
     def files(pattern):
         return [results / pattern.format(seed=s) for s in seeds]
 
     checked = 0
     for _, row in table1.iterrows():
         d, method, setting = row["dataset"], row["method"], row["setting"]
+        predictions = f"predictions/{row['model']}"
         if method == "random":
             paths = files(f"baselines/{d}/random/seed{{seed}}.csv")
         elif method == "encoder_zero_shot":
@@ -86,6 +99,7 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
         checked += 1
     for _, row in table2.iterrows():
         d, setting = row["dataset"], row["setting"]
+        predictions, probes = f"predictions/{row['model']}", f"probes/{row['model']}"
         probe = [independent_metrics(p)[0] for p in files(f"{probes}/{d}/post/{setting}/seed{{seed}}.csv")]
         mllm = [independent_metrics(p)[0] for p in files(f"{predictions}/{d}/{setting}/generate/seed{{seed}}.csv")]
         original = [independent_metrics(p)[0] for p in files(f"{probes}/{d}/post/original/seed{{seed}}.csv")]
@@ -95,13 +109,14 @@ def test_every_table_value_is_recomputable_from_per_image_predictions(micro_run)
         assert row["pct_change_vs_original"] == pytest.approx(expected_change, abs=1e-6)
         checked += 1
     for _, row in table3.iterrows():
+        probes = f"probes/{row['model']}"
         f1s, accs = zip(*(independent_metrics(p)
                           for p in files(f"{probes}/{row['dataset']}/image_only/seed{{seed}}.csv")))
         assert row["macro_f1_mean"] == pytest.approx(mean_std(f1s)[0], abs=1e-9)
         assert row["accuracy_mean"] == pytest.approx(mean_std(accs)[0], abs=1e-9)
         checked += 1
-    # Table 1: random, zero-shot, 4 settings × 3 modes per dataset; Table 2: 4 settings; Table 3: 1.
-    assert checked == 2 * (2 + 4 * 3) + 2 * 4 + 2
+    # Per model, Table 1: random, zero-shot, 4 settings × 3 modes per dataset; Table 2: 4 settings; Table 3: 1.
+    assert checked == 2 * (2 * (2 + 4 * 3) + 2 * 4 + 2)
 
 
 def dry_run_jobs(workdir: Path, config: dict) -> list[tuple[str, dict]]:
@@ -137,7 +152,7 @@ def test_changing_one_learning_rate_reruns_only_that_setting(micro_run):
     rules = {rule for rule, _ in jobs}
     assert rules == {"finetune", "classify", "extract_features", "train_probe_post"} | DOWNSTREAM_OF_ALL
     assert all(w["setting"] == "ft-proj" for rule, w in jobs if rule not in DOWNSTREAM_OF_ALL)
-    assert sum(rule == "finetune" for rule, _ in jobs) == 2 * 2  # datasets × seeds
+    assert sum(rule == "finetune" for rule, _ in jobs) == 2 * 2 * 2  # models × datasets × seeds
 
 
 def test_adding_a_dataset_runs_only_its_jobs(micro_run):

@@ -56,7 +56,8 @@ def test_per_setting_preprocessing_gets_its_own_cache(workdir, tmp_path):
 
     commands = dry_run_commands(workdir, tmp_path, edit)
     variant = commands["extract_vision_features_variant"]
-    assert len(variant) == len(MICRO_CONFIG["datasets"])  # once per dataset, shared by seeds
+    # once per dataset and vision tower (the two micro models have their own), shared by seeds
+    assert len(variant) == len(MICRO_CONFIG["datasets"]) * len(MICRO_CONFIG["models"])
     assert all("--image-preprocessing square" in c and "vision_square.safetensors" in c for c in variant)
     for rule in ("classify", "finetune", "extract_features"):
         for c in commands[rule]:

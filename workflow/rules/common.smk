@@ -21,6 +21,8 @@ from projection_probe.hyperparams import (
     to_options,
 )
 from projection_probe.configfile import duplicate_keys
+from projection_probe.io import InputError
+from projection_probe.models.registry import check_family, model_type_of
 from projection_probe.names import BASE_SETTING, IMAGE_PREPROCESSINGS, NO_SETTING
 
 # PyYAML keeps the last of two equal keys without a word, so two models (or datasets, settings) of the
@@ -70,6 +72,8 @@ MODELS = config["models"]
 MODEL_NAMES = list(MODELS)
 PARTS_MODELS = [m for m in MODEL_NAMES if MODELS[m]["loader"] == "parts"]
 LLAVA_HF_MODELS = [m for m in MODEL_NAMES if MODELS[m]["loader"] == "llava_hf"]
+# Checkpoints of any supported MLLM family (models/registry.py), run through the family's adapter.
+FAMILY_MODELS = [m for m in MODEL_NAMES if MODELS[m]["loader"] == "family"]
 
 
 def model_value(model, key, default=None):
@@ -106,6 +110,15 @@ for _model in LLAVA_HF_MODELS:
         _fail(
             f"models.{_model}.loader is llava_hf, so models.{_model}.llava_hf must name a local llava-hf checkpoint folder"
         )
+# A family checkpoint's model_type is checked before planning, through the registry (no torch). A folder
+# that is not there yet is left to build_family_base_model, which names it when it runs.
+for _model in FAMILY_MODELS:
+    _checkpoint = model_value(_model, "checkpoint")
+    if Path(_checkpoint, "config.json").exists():
+        try:
+            check_family(model_type_of(_checkpoint), _checkpoint)
+        except InputError as error:
+            _fail(f"models.{_model}.checkpoint: {error}")
 if PARTS_MODELS:
     for name in config_value("align.datasets", []):
         if name not in config["datasets"]:
@@ -241,6 +254,8 @@ def model_spec(wildcards):
 def vision_spec(model):
     if MODELS[model]["loader"] == "llava_hf":
         return {"kind": "llava_hf", "path": MODELS[model]["llava_hf"]}
+    if MODELS[model]["loader"] == "family":
+        return {"kind": "family_checkpoint", "path": MODELS[model]["checkpoint"]}
     return MODELS[model]["vision"]
 
 

@@ -1,5 +1,5 @@
-# Each model's "Original" base MLLM: a llava-hf checkpoint as is, or (demo) parts whose projector is
-# aligned on captions that carry no target-dataset labels.
+# Each model's "Original" base MLLM: a llava-hf or other family checkpoint as is, or (demo) parts whose
+# projector is aligned on captions that carry no target-dataset labels.
 
 
 rule convert_llm:
@@ -37,6 +37,27 @@ if LLAVA_HF_MODELS:
             preprocessing=lambda wc: default_preprocessing(wc.model),
         shell:
             "projection-probe build-base-model --llava-hf {params.checkpoint} --template {params.template}"
+            " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
+
+
+if FAMILY_MODELS:
+
+    rule build_family_base_model:
+        output:
+            BASE_MODEL_SPEC,
+        log:
+            log_path("build_family_base_model", "{model}"),
+        wildcard_constraints:
+            model="|".join(FAMILY_MODELS),
+        localrule: True
+        conda:
+            CONDA_ENV
+        params:
+            checkpoint=lambda wc: shlex.quote(str(model_value(wc.model, "checkpoint"))),
+            template=lambda wc: model_template(wc.model),
+            preprocessing=lambda wc: default_preprocessing(wc.model),
+        shell:
+            "projection-probe build-family-base-model --checkpoint {params.checkpoint} --template {params.template}"
             " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
 
 

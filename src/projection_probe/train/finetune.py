@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from projection_probe.hyperparams import FinetuneHyperparams, LoraHyperparams, TrainingHyperparams, with_fields
 from projection_probe.io import InputError, atomic_dir, save_safetensors, write_json
@@ -394,6 +394,12 @@ def write_trained_parts(facade, state: dict, setting: str, folder: Path, lm_dtyp
     if setting == "ft-e2e":
         if lm_dtype is not None:  # bf16 runs save the LLM in bf16, as LLaVA does
             lm_state = {k: v.to(lm_dtype) if v.is_floating_point() else v for k, v in lm_state.items()}
+        if not isinstance(facade.language_model, PreTrainedModel):
+            # A family's LM part is modules of its HF model, not a model of its own: its weights are
+            # saved under the part's names, and load_facade puts them back over the family checkpoint.
+            save_safetensors(folder / "language_model.safetensors", {k: v.detach().cpu() for k, v in lm_state.items()})
+            spec["language_model"] = {"weights": "language_model.safetensors"}
+            return spec
         facade.language_model.config.use_cache = True
         facade.language_model.save_pretrained(folder / "language_model", state_dict=lm_state)
         facade.tokenizer.save_pretrained(folder / "language_model")
@@ -416,7 +422,7 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     from transformers import set_seed
 
     from projection_probe.features.cache import load_vision_cache
-    from projection_probe.models.loaders import load_facade, resolve_spec
+    from projection_probe.models.loaders import load_facade
     from projection_probe.train.data import CachedFeatureDataset, read_train_examples, stratified_subset
 
     hp = with_fields(FinetuneHyperparams, hp, fields)
@@ -427,9 +433,6 @@ def finetune(base_model_dir: str | Path, prompts_jsonl: str | Path, vision_cache
     base_model_dir, out_dir = Path(base_model_dir).resolve(), Path(out_dir).resolve()
     if not (base_model_dir / FACADE_FILE).exists():
         raise InputError(f"{base_model_dir}: no {FACADE_FILE}; --base-model must be a built base model folder")
-    if setting == "ft-e2e" and resolve_spec(base_model_dir).get("family_checkpoint"):  # refused before training
-        raise InputError(f"{base_model_dir}: ft-e2e over a model-family checkpoint is not supported yet (its "
-                         "fine-tuned LM could not be loaded back); ft-proj is")
     examples = stratified_subset(read_train_examples(prompts_jsonl), hp.max_examples, hp.seed)
     cache = load_vision_cache(vision_cache)
     dataset = CachedFeatureDataset(examples, cache, source=str(vision_cache))
