@@ -235,6 +235,21 @@ def test_m_rope_positions_are_three_axes_at_the_image(family, tmp_path):
     assert torch.equal(last[0], last[1]) and torch.equal(last[1], last[2])
 
 
+def test_image_side_sets_a_qwen2_vl_image_size_and_is_refused_where_the_tower_fixes_it(tmp_path):
+    """`models.<name>.image_side` replaces the preprocessor's side where the family's image size is a
+    setting (Qwen2-VL: 4-px patches merged 2x2, so a 48-px side gives (48/4)^2/4 = 36 tokens, 32 px 16);
+    a family whose tower fixes the side refuses another one, naming it."""
+    make_tiny_family("qwen2_vl", tmp_path / "qwen2_vl")
+    assert load_family(tmp_path / "qwen2_vl").num_image_tokens == 16
+    wider = load_family(tmp_path / "qwen2_vl", image_side=48)
+    assert wider.num_image_tokens == 36
+    pixels = wider.vision.preprocess_images(random_images(1), "pad")
+    assert wider.vision.image_size == 48 and wider.encode_images(pixels).shape[1] == 144  # the merger's input
+    make_tiny_family("idefics3", tmp_path / "idefics3")
+    with pytest.raises(InputError, match="image_side 64"):
+        load_family(tmp_path / "idefics3", image_side=64)
+
+
 def test_registry_imports_no_torch_and_refuses_before_loading(tmp_path):
     """The config check and `plan` read the registry without torch; a family is checked by name alone."""
     code = ("import sys; from projection_probe.models.registry import FAMILIES, check_family; "

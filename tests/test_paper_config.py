@@ -180,6 +180,21 @@ def test_dry_run_lists_the_full_sweep():
     assert stats == expected_jobs(config)
 
 
+def test_families_overlay_plans_the_paper_study_once_per_model():
+    """config/families.yaml over the paper config: every model of it plans the paper's study under its
+    own name (the checkpoints are not here, so the config check of their model_type waits for them)."""
+    families = yaml.safe_load((REPO / "config" / "families.yaml").read_text())["models"]
+    cmd = [snakemake_exe(), "-n", "--forceall", "--configfile", "config/paper.yaml", "config/families.yaml"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=snakemake_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    stats = job_stats(done.stdout + done.stderr)
+    one_model = expected_jobs(paper_config())
+    n_models = 1 + len(families)  # paper.yaml's LLaVA-1.5-7B and the overlay's models
+    assert stats["build_family_base_model"] == len(families)
+    for rule in ("classify", "extract_features", "finetune", "train_probe_post", "train_probe_image_only"):
+        assert stats[rule] == n_models * one_model[rule], rule
+
+
 # ---------------------------------------------------------------- end to end on CPU
 
 

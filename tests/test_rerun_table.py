@@ -76,7 +76,7 @@ OPERATIONAL_OVERLAY = {
 UNUSED_OVERLAY = {
     "datasets": {"fashion": {"paper_name": "Clothing", "download": {"url": "https://example.org/x.tgz",
                                                                      "sha256": "0" * 64}}},
-    **model(llava_hf="/nowhere/llava", checkpoint="/nowhere/family",
+    **model(llava_hf="/nowhere/llava", checkpoint="/nowhere/family", image_side=64,
             language_model={"gguf_package": "llm_other", "gguf_file": "other.gguf"}),
     "analyses": {"layerwise": {"enabled": False, "poolings": ["last_token"], "storage_dtype": "float32",
                                "mlp": True},
@@ -89,10 +89,12 @@ NOTHING_KEYS = {
                     "finetune.checkpoint_every_steps", "resources.threads", "resources.align_threads",
                     "baselines.encoder_zero_shot.batch_size", "analyses.layerwise.batch_size"],
     # The micro datasets have no `source.root`, so no download rule; the parts loader reads neither
-    # models.<name>.llava_hf, models.<name>.checkpoint nor the GGUF names of a `source: path` language model;
+    # models.<name>.llava_hf, models.<name>.checkpoint, models.<name>.image_side nor the GGUF names of a
+    # `source: path` language model;
     # analyses are off.
     "UNUSED": ["datasets.<name>.paper_name", "datasets.<name>.download.url", "datasets.<name>.download.sha256",
-               "models.<name>.llava_hf", "models.<name>.checkpoint", "models.<name>.language_model.gguf_package",
+               "models.<name>.llava_hf", "models.<name>.checkpoint", "models.<name>.image_side",
+               "models.<name>.language_model.gguf_package",
                "models.<name>.language_model.gguf_file",
                "analyses.layerwise.enabled", "analyses.layerwise.poolings", "analyses.layerwise.storage_dtype",
                "analyses.layerwise.mlp", "analyses.linear_probe.C", "analyses.linear_probe.max_iter",

@@ -255,8 +255,19 @@ def vision_spec(model):
     if MODELS[model]["loader"] == "llava_hf":
         return {"kind": "llava_hf", "path": MODELS[model]["llava_hf"]}
     if MODELS[model]["loader"] == "family":
-        return {"kind": "family_checkpoint", "path": MODELS[model]["checkpoint"]}
+        side = model_value(model, "image_side")
+        return {
+            "kind": "family_checkpoint",
+            "path": MODELS[model]["checkpoint"],
+            **({"image_side": side} if side else {}),
+        }
     return MODELS[model]["vision"]
+
+
+def image_side_option(model):
+    """A family checkpoint's image side where the config sets one; else its preprocessor's."""
+    side = model_value(model, "image_side")
+    return f"--image-side {side}" if side else ""
 
 
 def first_model_alike(model, key):

@@ -56,9 +56,10 @@ if FAMILY_MODELS:
             checkpoint=lambda wc: shlex.quote(str(model_value(wc.model, "checkpoint"))),
             template=lambda wc: model_template(wc.model),
             preprocessing=lambda wc: default_preprocessing(wc.model),
+            image_side=lambda wc: image_side_option(wc.model),
         shell:
             "projection-probe build-family-base-model --checkpoint {params.checkpoint} --template {params.template}"
-            " --image-preprocessing {params.preprocessing} --out-dir $(dirname {output}) > {log} 2>&1"
+            " --image-preprocessing {params.preprocessing} {params.image_side} --out-dir $(dirname {output}) > {log} 2>&1"
 
 
 if PARTS_MODELS:

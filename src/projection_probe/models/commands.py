@@ -38,7 +38,7 @@ def run_build_family_base_model(args) -> None:
         raise InputError(f"models.<name>.checkpoint = {args.checkpoint}: no config.json there; point it at a "
                          f"local checkpoint folder of a supported MLLM family")
     check_family(model_type_of(checkpoint), checkpoint)
-    FacadeSpec(family_checkpoint=str(checkpoint.resolve()), template=args.template,
+    FacadeSpec(family_checkpoint=str(checkpoint.resolve()), template=args.template, image_side=args.image_side,
                image_preprocessing=args.image_preprocessing).to_json(args.out_dir)
 
 
@@ -62,5 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", required=True, help="local checkpoint folder (its config.json names the family)")
     p.add_argument("--template", default="v1", choices=TEMPLATES)
     p.add_argument("--image-preprocessing", default="pad", choices=IMAGE_PREPROCESSINGS)
+    p.add_argument("--image-side", type=int, default=None,
+                   help="square image side, where the family's image size is a setting (Qwen2-VL); "
+                        "default: the checkpoint's preprocessor_config.json")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(handler=run_build_family_base_model)

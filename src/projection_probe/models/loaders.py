@@ -178,7 +178,7 @@ def build_vision(spec: dict, dtype=torch.float32):
     if kind == "family_checkpoint":  # the tower of any supported family, through its adapter
         from projection_probe.models.registry import load_family
 
-        return load_family(spec["path"], dtype=dtype).vision
+        return load_family(spec["path"], dtype=dtype, image_side=spec.get("image_side")).vision
     raise InputError(f"vision kind {kind!r} is unknown; use efficientnet_lite0, clip, or a llava_hf or "
                      "family_checkpoint checkpoint")
 
@@ -245,7 +245,8 @@ def load_facade(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype =
                              "language_model.weights, its part's weights")
 
         facade = load_family(spec["family_checkpoint"], dtype=dtype, template=template,
-                             image_preprocessing=preprocessing, trust_remote_code=trust_remote_code)
+                             image_preprocessing=preprocessing, trust_remote_code=trust_remote_code,
+                             image_side=spec.get("image_side"))
     elif llava_path and with_language_model and not lm_spec.get("path"):
         facade = from_llava_hf(llava_path, dtype=dtype, template=template, image_preprocessing=preprocessing,
                                trust_remote_code=trust_remote_code)

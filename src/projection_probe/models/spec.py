@@ -32,6 +32,7 @@ class FacadeSpec:
     lora: dict | None = None
     setting: str | None = None
     template: str | None = None
+    image_side: int | None = None  # a family checkpoint's image side, where it is a setting
     image_preprocessing: str | None = None
     training: dict | None = None  # a fine-tune's training options
     align: dict | None = None  # how an aligned base's projector was trained

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from projection_probe.io import InputError
 from projection_probe.models.families.base import (
     FamilyAdapter,
     FamilyConnector,
@@ -155,8 +156,11 @@ class HFFamily(FamilyAdapter):
         return self.facade_from_model(model, None, f"config.json of {settings['model_type']}", side=side)
 
     def load(self, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
-             template: str = "v1", image_preprocessing: str = "pad", trust_remote_code: bool = False):
-        """The facade of a checkpoint folder of this family (weights, tokenizer, preprocessor config)."""
+             template: str = "v1", image_preprocessing: str = "pad", trust_remote_code: bool = False,
+             image_side: int | None = None):
+        """The facade of a checkpoint folder of this family (weights, tokenizer, preprocessor config).
+        `image_side` (the config's `models.<name>.image_side`) replaces the preprocessor's side where the
+        family's image size is a setting (Qwen2-VL); where the tower fixes it, another side is refused."""
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
         folder = Path(folder)
@@ -164,5 +168,9 @@ class HFFamily(FamilyAdapter):
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         side, mean, std = image_processor_settings(folder, 0)
         facade = self.facade_from_model(model.eval(), tokenizer, folder, template, image_preprocessing, mean, std,
-                                        side or None)
+                                        image_side or side or None)
+        if image_side is not None and facade.family.side != image_side:
+            raise InputError(f"{folder}: image_side {image_side}: a {self.name} model sees {facade.family.side}-px "
+                             "images (its tower's image_size); image_side applies only to families whose image "
+                             "size is a preprocessor setting")
         return facade.to(device=device, dtype=dtype)
