@@ -46,8 +46,8 @@ def test_same_seeds_give_byte_identical_results(two_runs):
 
 def test_different_seeds_give_different_weights_and_probe_results(analysis_run):
     results = analysis_run / "results"
-    seed0 = load_safetensors(results / "models/digits/ft-proj/seed0/projector.safetensors")
-    seed1 = load_safetensors(results / "models/digits/ft-proj/seed1/projector.safetensors")
+    seed0 = load_safetensors(results / f"models/{MICRO_MODEL}/digits/ft-proj/seed0/projector.safetensors")
+    seed1 = load_safetensors(results / f"models/{MICRO_MODEL}/digits/ft-proj/seed1/projector.safetensors")
     assert seed0.keys() == seed1.keys()
     assert any(not torch.equal(seed0[k], seed1[k]) for k in seed0)
 

@@ -267,8 +267,8 @@ def test_kill9_of_snakemake_marks_the_job_incomplete_and_the_local_profile_rerun
     profile = ["--profile", str(REPO_ROOT / "profiles" / "local")]
     shown = dry_run_jobs(workdir, target, *profile)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    assert re.search(r"rule finetune:\n(?:\s+.*\n)*?\s+wildcards: dataset=digits, setting=ft-proj, seed=0",
-                     shown.stdout), shown.stdout[-2000:]
+    wildcards = f"model={MICRO_MODEL}, dataset=digits, setting=ft-proj, seed=0"
+    assert re.search(r"rule finetune:\n(?:\s+.*\n)*?\s+wildcards: " + wildcards, shown.stdout), shown.stdout[-2000:]
 
     # SIGKILL also left Snakemake's lock behind: a real run is refused until `--unlock`, which is
     # the documented recovery step (docs/reliability.md).
