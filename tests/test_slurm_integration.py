@@ -89,7 +89,7 @@ TOY_SNAKEFILE = textwrap.dedent(
     # workflow's group patterns (workflow/rules/common.smk), so that the profile's group-components apply.
     localrules: all, make_tables
     wildcard_constraints:
-        dataset="toy", setting="ft", seed=r"\\d+", mode="a|b"
+        model="m", dataset="toy", setting="ft", seed=r"\\d+", mode="a|b"
 
     rule all:
         input: "tables.txt"
@@ -104,22 +104,22 @@ TOY_SNAKEFILE = textwrap.dedent(
     # One trained model's GPU jobs: one group job on one GPU.
     rule classify:
         input: "finetune.txt"
-        output: "{dataset}/{setting}/seed{seed}/classify_{mode}.txt"
-        group: "model_{dataset}_{setting}_seed{seed}"
+        output: "{model}/{dataset}/{setting}/seed{seed}/classify_{mode}.txt"
+        group: "model_{model}_{dataset}_{setting}_seed{seed}"
         resources: gpu=1
         shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
 
     rule extract_features:
         input: "finetune.txt"
-        output: "{dataset}/{setting}/seed{seed}/features.txt"
-        group: "model_{dataset}_{setting}_seed{seed}"
+        output: "{model}/{dataset}/{setting}/seed{seed}/features.txt"
+        group: "model_{model}_{dataset}_{setting}_seed{seed}"
         resources: gpu=1
         shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES > {output}"
 
     # One (dataset, seed)'s CPU probes: one group job without a GPU. The image-only probe runs after
     # the post probe and fails on its first try, so the group job is retried.
     rule train_probe_post:
-        input: "{dataset}/{setting}/seed{seed}/features.txt"
+        input: "m/{dataset}/{setting}/seed{seed}/features.txt"
         output: "{dataset}/{setting}/seed{seed}/probe_post.txt"
         group: "cpu_{dataset}_seed{seed}"
         shell: "echo $SLURM_JOB_ID {rule} >> runs.txt; echo post > {output}"
@@ -134,7 +134,7 @@ TOY_SNAKEFILE = textwrap.dedent(
 
     rule make_tables:  # local rule: runs inside the Snakemake process on the submitting node
         input:
-            "finetune.txt", "toy/ft/seed0/classify_a.txt", "toy/ft/seed0/classify_b.txt",
+            "finetune.txt", "m/toy/ft/seed0/classify_a.txt", "m/toy/ft/seed0/classify_b.txt",
             "toy/seed0/probe_image_only.txt"
         output: "tables.txt"
         shell: "cat {input} > {output}; echo local SLURM_JOB_ID=${{SLURM_JOB_ID:-none}} >> {output}"
@@ -160,7 +160,7 @@ def test_slurm_runs_gpu_groups_and_local_rules_of_a_toy_workflow(slurm_cluster, 
         env=slurm_cluster.env, log_path=tmp_path / "snakemake_toy.log", timeout=600,
     )
 
-    model_group = "model_toy_ft_seed0_classify_extract_features"
+    model_group = "model_m_toy_ft_seed0_classify_extract_features"
     cpu_group = "cpu_toy_seed0_train_probe_image_only_train_probe_post"
     jobs = wait_for_accounting(workdir, slurm_cluster.env, {"finetune", model_group, cpu_group})
     assert set(jobs) == {"finetune", model_group, cpu_group}, f"jobs seen by sacct: {jobs}"

@@ -25,10 +25,14 @@ class Llava:
 
     @staticmethod
     def load(folder, dtype=None, device: str = "cpu", template: str = "v1", image_preprocessing: str = "pad",
-             trust_remote_code: bool = False):
+             trust_remote_code: bool = False, image_side: int | None = None):
         import torch
 
+        from projection_probe.io import InputError
         from projection_probe.models.loaders import from_llava_hf
+
+        if image_side is not None:
+            raise InputError(f"{folder}: image_side {image_side}: a llava model's tower fixes its image size")
 
         return from_llava_hf(folder, dtype=dtype or torch.float32, device=device, template=template,
                              image_preprocessing=image_preprocessing, trust_remote_code=trust_remote_code)
